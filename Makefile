@@ -1,0 +1,41 @@
+# mirrorfs — run `make help` for the targets.
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X mirrorfs/daemon.Version=$(VERSION)
+GO      ?= go
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## build ./mirrorfs
+	CGO_ENABLED=1 $(GO) build -ldflags '$(LDFLAGS)' -o mirrorfs .
+
+.PHONY: test
+test: ## unit and end-to-end tests (needs root, /dev/fuse and fuse3)
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 15m ./...
+
+.PHONY: unit
+unit: ## unit tests only (no FUSE needed)
+	$(GO) test -count=1 ./daemon/ ./fs/
+
+.PHONY: e2e
+e2e: ## end-to-end tests only
+	$(GO) test -count=1 -timeout 15m -v ./e2e/
+
+.PHONY: demo
+demo: build ## mount a demo mirror of ./demo/src at ./demo/mnt
+	mkdir -p demo/src demo/mnt
+	echo "hello from mirrorfs" > demo/src/hello.txt
+	./mirrorfs --pidfile demo/mirrorfs.pid --log demo/mirrorfs.log demo/src demo/mnt
+	@echo "try: cat demo/mnt/hello.txt; stop: kill \$$(cat demo/mirrorfs.pid)"
+
+.PHONY: lint
+lint: ## gofmt and go vet
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
+	$(GO) vet ./...
+
+.PHONY: clean
+clean: ## remove build output
+	rm -f mirrorfs mirrorfs.race

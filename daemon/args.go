@@ -1,0 +1,182 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Config is a parsed command line.
+type Config struct {
+	Source, Mountpoint string
+
+	Foreground    bool
+	Debug         bool
+	ReadOnly      bool
+	AllowOther    bool
+	NoPassthrough bool
+	FsName        string
+	KernelFlags   []string // nodev, nosuid, noexec and their opposites, passed to mount(2)
+
+	Pidfile, Log   string // "" means derived from the mountpoint
+	ReadyTimeout   time.Duration
+	UnmountTimeout time.Duration
+
+	Help, Version bool
+}
+
+// ErrUsage marks a malformed command line (exit code 2).
+var ErrUsage = errors.New("usage error")
+
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string        { return e.msg }
+func (e *usageError) Is(target error) bool { return target == ErrUsage }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Sprintf(format, args...)}
+}
+
+// valueOptions take a value, attached (--log=X, -oX) or in the next argument.
+// The C gate in pre_runtime.c keeps the same list.
+var valueOptions = map[string]func(*Config, string) error{
+	"-o":                (*Config).setMountOptions,
+	"--pidfile":         func(c *Config, v string) error { c.Pidfile = v; return nil },
+	"--log":             func(c *Config, v string) error { c.Log = v; return nil },
+	"--ready-timeout":   durationSetter("--ready-timeout", func(c *Config) *time.Duration { return &c.ReadyTimeout }),
+	"--unmount-timeout": durationSetter("--unmount-timeout", func(c *Config) *time.Duration { return &c.UnmountTimeout }),
+}
+
+var flagOptions = map[string]func(*Config){
+	"-f": func(c *Config) { c.Foreground = true }, "--foreground": func(c *Config) { c.Foreground = true },
+	"-d": func(c *Config) { c.Debug = true },
+	"-h": func(c *Config) { c.Help = true }, "--help": func(c *Config) { c.Help = true },
+	"-V": func(c *Config) { c.Version = true }, "--version": func(c *Config) { c.Version = true },
+}
+
+func durationSetter(name string, field func(*Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return usagef("%s: %q is not a positive duration (e.g. 30s)", name, v)
+		}
+		*field(c) = d
+		return nil
+	}
+}
+
+// ParseArgs parses the arguments after the program name. Options may come
+// before, between or after the two positionals, as mount.fuse3 passes them.
+func ParseArgs(args []string) (*Config, error) {
+	c := &Config{ReadyTimeout: 30 * time.Second, UnmountTimeout: 10 * time.Second}
+	var positionals []string
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		switch {
+		case arg == "--":
+			positionals = append(positionals, args[i+1:]...)
+			i = len(args)
+		case len(arg) < 2 || arg[0] != '-':
+			positionals = append(positionals, arg)
+		default:
+			next, err := c.option(arg, args[i+1:])
+			if err != nil {
+				return nil, err
+			}
+			i += next
+		}
+	}
+	if c.Help || c.Version {
+		return c, nil
+	}
+	if len(positionals) != 2 {
+		return nil, usagef("expected SOURCE and MOUNTPOINT, got %d argument(s)", len(positionals))
+	}
+	c.Source, c.Mountpoint = positionals[0], positionals[1]
+	return c, nil
+}
+
+// option applies one option; it returns how many following arguments it used.
+func (c *Config) option(arg string, rest []string) (int, error) {
+	if set, ok := flagOptions[arg]; ok {
+		set(c)
+		return 0, nil
+	}
+	name, value, attached := splitOption(arg)
+	set, ok := valueOptions[name]
+	if !ok {
+		return 0, usagef("unknown option %q", arg)
+	}
+	if attached {
+		return 0, set(c, value)
+	}
+	if len(rest) == 0 {
+		return 0, usagef("option %s needs a value", name)
+	}
+	return 1, set(c, rest[0])
+}
+
+// splitOption splits --name=value and -oVALUE.
+func splitOption(arg string) (name, value string, attached bool) {
+	if strings.HasPrefix(arg, "--") {
+		name, value, attached = strings.Cut(arg, "=")
+		return name, value, attached
+	}
+	if len(arg) > 2 {
+		return arg[:2], arg[2:], true
+	}
+	return arg, "", false
+}
+
+// ignoredMountOptions are what mount(8) and fstab pass that mean nothing to
+// a FUSE daemon; they are accepted so that fstab lines work.
+var ignoredMountOptions = map[string]bool{
+	"rw": true, "defaults": true, "auto": true, "noauto": true, "nofail": true, "_netdev": true,
+	"user": true, "users": true, "nouser": true, "owner": true, "async": true,
+	"atime": true, "noatime": true, "relatime": true, "norelatime": true, "strictatime": true,
+}
+
+var kernelMountFlags = map[string]bool{
+	"nodev": true, "dev": true, "nosuid": true, "suid": true, "noexec": true, "exec": true,
+}
+
+func (c *Config) setMountOptions(list string) error {
+	for _, opt := range strings.Split(list, ",") {
+		if err := c.setMountOption(opt); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Config) setMountOption(opt string) error {
+	key, value, hasValue := strings.Cut(opt, "=")
+	switch {
+	case opt == "ro":
+		c.ReadOnly = true
+	case opt == "allow_other":
+		c.AllowOther = true
+	case opt == "debug":
+		c.Debug = true
+	case opt == "nopassthrough":
+		c.NoPassthrough = true
+	case key == "fsname" && hasValue && value != "":
+		c.FsName = value
+	case key == "pidfile" && hasValue:
+		c.Pidfile = value
+	case key == "log" && hasValue:
+		c.Log = value
+	case kernelMountFlags[opt]:
+		c.KernelFlags = append(c.KernelFlags, opt)
+	case ignoredMountOptions[opt] || strings.HasPrefix(opt, "x-") || key == "comment":
+	default:
+		return usagef("unknown mount option %q", opt)
+	}
+	return nil
+}
+
+// Background says whether this command line asks to detach.
+func (c *Config) Background() bool {
+	return !c.Foreground && !c.Debug && !c.Help && !c.Version
+}

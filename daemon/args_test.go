@@ -1,0 +1,105 @@
+package daemon
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+)
+
+func TestParseArgs(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want Config
+	}{
+		{"positionals only", []string{"src", "mnt"},
+			Config{Source: "src", Mountpoint: "mnt"}},
+		{"options after positionals, as mount.fuse3 passes them", []string{"src", "mnt", "-o", "ro,allow_other,fsname=data"},
+			Config{Source: "src", Mountpoint: "mnt", ReadOnly: true, AllowOther: true, FsName: "data"}},
+		{"attached values", []string{"-oro", "--pidfile=/p", "--log=/l", "src", "mnt"},
+			Config{Source: "src", Mountpoint: "mnt", ReadOnly: true, Pidfile: "/p", Log: "/l"}},
+		{"separate values", []string{"--pidfile", "/p", "src", "--log", "/l", "mnt"},
+			Config{Source: "src", Mountpoint: "mnt", Pidfile: "/p", Log: "/l"}},
+		{"-o aliases of the flags", []string{"src", "mnt", "-o", "pidfile=/p,log=/l"},
+			Config{Source: "src", Mountpoint: "mnt", Pidfile: "/p", Log: "/l"}},
+		{"foreground", []string{"-f", "src", "mnt"},
+			Config{Source: "src", Mountpoint: "mnt", Foreground: true}},
+		{"debug", []string{"src", "mnt", "-o", "debug"},
+			Config{Source: "src", Mountpoint: "mnt", Debug: true}},
+		{"fstab noise is accepted", []string{"src", "mnt", "-o", "rw,defaults,nofail,_netdev,noauto,user,x-systemd.automount,comment=x"},
+			Config{Source: "src", Mountpoint: "mnt"}},
+		{"kernel flags pass through", []string{"src", "mnt", "-o", "nosuid,nodev,noexec"},
+			Config{Source: "src", Mountpoint: "mnt", KernelFlags: []string{"nosuid", "nodev", "noexec"}}},
+		{"timeouts", []string{"--ready-timeout", "5s", "--unmount-timeout=1m", "src", "mnt"},
+			Config{Source: "src", Mountpoint: "mnt", ReadyTimeout: 5 * time.Second, UnmountTimeout: time.Minute}},
+		{"-- ends options", []string{"--", "-src", "mnt"},
+			Config{Source: "-src", Mountpoint: "mnt"}},
+		{"help needs no positionals", []string{"--help"}, Config{Help: true}},
+		{"version", []string{"-V"}, Config{Version: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseArgs(tt.args)
+			if err != nil {
+				t.Fatalf("ParseArgs(%q): %v", tt.args, err)
+			}
+			want := tt.want
+			if want.ReadyTimeout == 0 {
+				want.ReadyTimeout = 30 * time.Second
+			}
+			if want.UnmountTimeout == 0 {
+				want.UnmountTimeout = 10 * time.Second
+			}
+			if !reflect.DeepEqual(*got, want) {
+				t.Errorf("ParseArgs(%q)\n got %+v\nwant %+v", tt.args, *got, want)
+			}
+		})
+	}
+}
+
+func TestParseArgsErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{}, "expected SOURCE and MOUNTPOINT, got 0 argument(s)"},
+		{[]string{"a"}, "expected SOURCE and MOUNTPOINT, got 1 argument(s)"},
+		{[]string{"a", "b", "c"}, "expected SOURCE and MOUNTPOINT, got 3 argument(s)"},
+		{[]string{"--bogus", "a", "b"}, `unknown option "--bogus"`},
+		{[]string{"a", "b", "-o", "ro,bogus"}, `unknown mount option "bogus"`},
+		{[]string{"a", "b", "-o", "fsname="}, `unknown mount option "fsname="`},
+		{[]string{"a", "b", "-o"}, "option -o needs a value"},
+		{[]string{"--ready-timeout", "soon", "a", "b"}, `--ready-timeout: "soon" is not a positive duration (e.g. 30s)`},
+		{[]string{"--unmount-timeout=-1s", "a", "b"}, `--unmount-timeout: "-1s" is not a positive duration (e.g. 30s)`},
+	}
+	for _, tt := range tests {
+		_, err := ParseArgs(tt.args)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("ParseArgs(%q) = %v, want %q", tt.args, err, tt.want)
+		}
+		if !errors.Is(err, ErrUsage) || exitCode(err) != ExitUsage {
+			t.Errorf("ParseArgs(%q): error %v is not a usage error (exit %d)", tt.args, err, exitCode(err))
+		}
+	}
+}
+
+func TestBackground(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want bool
+	}{
+		{[]string{"a", "b"}, true},
+		{[]string{"-f", "a", "b"}, false},
+		{[]string{"-d", "a", "b"}, false},
+		{[]string{"a", "b", "-o", "ro,debug"}, false},
+	} {
+		c, err := ParseArgs(tt.args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Background() != tt.want {
+			t.Errorf("Background(%q) = %v, want %v", tt.args, c.Background(), tt.want)
+		}
+	}
+}

@@ -1,0 +1,255 @@
+package daemon
+
+import (
+	_ "embed"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	sd "github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
+
+	"mirrorfs/fs"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+//go:embed usage.txt
+var usage string
+
+// Main runs mirrorfs with os.Args-style arguments and returns the exit code.
+func Main(args []string) int {
+	st := readStage()
+	rep := newReporter(st)
+	cfg, err := ParseArgs(args[1:])
+	if err != nil {
+		return rep.fail(err)
+	}
+	switch {
+	case cfg.Help:
+		fmt.Fprint(os.Stdout, usage)
+		return ExitOK
+	case cfg.Version:
+		fmt.Fprintf(os.Stdout, "mirrorfs %s\n", Version)
+		return ExitOK
+	case cfg.Background() && !st.ran && os.Getenv("NOTIFY_SOCKET") == "":
+		return rep.fail(errNoStage)
+	}
+	rep.start(cfg.ReadyTimeout)
+	d, err := start(cfg, st, rep)
+	if err != nil {
+		return rep.fail(err)
+	}
+	d.serve()
+	return ExitOK
+}
+
+// daemon is a running mirror and what it holds.
+type daemon struct {
+	cfg     *Config
+	log     *slog.Logger
+	logFile *logFile // nil when logging to stderr
+	pidfile *Pidfile
+	mirror  *fs.Mirror
+	mountID int
+	signals chan os.Signal
+
+	mu       sync.Mutex // guards mounting and stopSig against the early-stop goroutine
+	mounting bool       // the mount has begun: a stop waits for it to finish
+	stopSig  os.Signal  // a stop signal that arrived while mounting
+}
+
+// start takes the daemon from a parsed command line to a live mount.
+func start(cfg *Config, st stage, rep *reporter) (*daemon, error) {
+	unix.Umask(0) // modes in the mirror are the callers'; ours are explicit
+	d := &daemon{cfg: cfg, signals: make(chan os.Signal, 8)}
+	signal.Notify(d.signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGHUP)
+	mountBegins := make(chan struct{})
+	go d.stopEarly(rep, mountBegins)
+	if err := d.prepare(st); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	d.mounting = true
+	d.mu.Unlock()
+	close(mountBegins)
+	if err := d.mount(); err != nil {
+		d.close("mount failed", err)
+		return nil, err
+	}
+	if sig, stop := d.stoppedDuringStart(); stop {
+		d.unmount()
+		err := fmt.Errorf("stopped by %v before it was ready", sig)
+		d.close("stopped", err)
+		return nil, err
+	}
+	msg := fmt.Sprintf("mirrorfs: mounted %s at %s (pid %d, log %s, passthrough %s)",
+		cfg.Source, cfg.Mountpoint, os.Getpid(), d.logName(), d.mirror.Passthrough())
+	d.log.Info("ready", "source", cfg.Source, "mountpoint", cfg.Mountpoint, "passthrough", d.mirror.Passthrough())
+	rep.ready(msg)
+	sd.SdNotify(false, sd.SdNotifyReady)
+	return d, nil
+}
+
+// prepare validates, opens the log, takes the pidfile and clears a stale mount.
+func (d *daemon) prepare(st stage) error {
+	cfg := d.cfg
+	dir, err := st.workdir()
+	if err != nil {
+		return fmt.Errorf("current directory: %w", err)
+	}
+	logToFile := st.ran || cfg.Log != ""
+	if err := cfg.resolve(dir, os.Getenv); err != nil {
+		return err
+	}
+	if err := d.openLog(logToFile, st.ran); err != nil {
+		return err
+	}
+	d.log.Info("starting", "version", Version, "pid", os.Getpid(), "args", os.Args[1:])
+	for _, check := range []func() error{cfg.checkSource, cfg.checkMountpointPath, checkFuse} {
+		if err := check(); err != nil {
+			d.log.Error("refused", "err", err)
+			return err
+		}
+	}
+	pidfile, err := AcquirePidfile(cfg.Pidfile)
+	if err != nil {
+		d.log.Error("refused", "err", err)
+		return err
+	}
+	d.mu.Lock()
+	d.pidfile = pidfile
+	d.mu.Unlock()
+	if err := d.clearMountpoint(); err != nil {
+		d.close("refused", err)
+		return err
+	}
+	return nil
+}
+
+func (d *daemon) openLog(toFile, detached bool) error {
+	level := slog.LevelInfo
+	if d.cfg.Debug {
+		level = slog.LevelDebug
+	}
+	var w io.Writer = os.Stderr
+	if toFile {
+		lf, err := openLogFile(d.cfg.Log, detached)
+		if err != nil {
+			return err
+		}
+		d.logFile, w = lf, lf
+	}
+	d.log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	return nil
+}
+
+func (d *daemon) logName() string {
+	if d.logFile == nil {
+		return "stderr"
+	}
+	return d.logFile.path
+}
+
+// mount mounts the mirror and notes the mount's id for the watcher.
+func (d *daemon) mount() error {
+	cfg := d.cfg
+	var m *fs.Mirror
+	said, err := captureStderr(func() (err error) {
+		m, err = fs.Mount(cfg.Mountpoint, fs.Options{
+			Source: cfg.Source, FsName: cfg.FsName, ReadOnly: cfg.ReadOnly, AllowOther: cfg.AllowOther,
+			NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, KernelFlags: cfg.KernelFlags, Log: d.log,
+		})
+		return err
+	})
+	if err != nil {
+		if said != "" {
+			return fmt.Errorf("mount %s: %v: %s", cfg.Mountpoint, err, said)
+		}
+		return fmt.Errorf("mount %s: %w", cfg.Mountpoint, err)
+	}
+	d.mirror = m
+	// Nothing may leak into a child (fusermount3 included); go-fuse opens
+	// /dev/fuse without O_CLOEXEC for a direct mount.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		d.log.Warn("close_range CLOEXEC", "err", err)
+	}
+	mounts, err := readMounts()
+	if err != nil {
+		d.unmount()
+		return fmt.Errorf("mountinfo: %w", err)
+	}
+	top, ok := topMountAt(mounts, cfg.Mountpoint)
+	if !ok || top.FSType != FSType {
+		d.unmount()
+		return fmt.Errorf("mount %s: not in /proc/self/mountinfo after mounting", cfg.Mountpoint)
+	}
+	d.mountID = top.ID
+	d.log.Info("mounted", "mountpoint", cfg.Mountpoint, "mount_id", top.ID)
+	return nil
+}
+
+// stopEarly ends the process at once on a stop signal that comes before the
+// mount begins: a start stuck on a hung path must not outlive its caller.
+// There is nothing to undo yet but the pidfile.
+func (d *daemon) stopEarly(rep *reporter, mountBegins <-chan struct{}) {
+	for {
+		select {
+		case <-mountBegins:
+			return
+		case sig := <-d.signals:
+			if sig == syscall.SIGHUP {
+				continue
+			}
+			d.mu.Lock()
+			if d.mounting {
+				d.stopSig = sig
+				d.mu.Unlock()
+				return
+			}
+			if d.pidfile != nil {
+				d.pidfile.Release()
+			}
+			os.Exit(rep.fail(fmt.Errorf("stopped by %v before it was ready", sig)))
+		}
+	}
+}
+
+// stoppedDuringStart reports a stop signal that arrived while mounting.
+func (d *daemon) stoppedDuringStart() (os.Signal, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopSig != nil {
+		return d.stopSig, true
+	}
+	for {
+		select {
+		case sig := <-d.signals:
+			if sig != syscall.SIGHUP {
+				return sig, true
+			}
+		default:
+			return nil, false
+		}
+	}
+}
+
+// close releases what the daemon holds and logs why it ends.
+func (d *daemon) close(why string, err error) {
+	if d.pidfile != nil {
+		d.pidfile.Release()
+	}
+	if err != nil {
+		d.log.Error(why, "err", err)
+	}
+	d.log.Info("exit", "pid", os.Getpid())
+	sd.SdNotify(false, sd.SdNotifyStopping)
+	if d.logFile != nil {
+		d.logFile.Close()
+	}
+}

@@ -1,0 +1,117 @@
+package daemon
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// FSType is the type our mounts carry in /proc/self/mountinfo.
+const FSType = "fuse.mirrorfs"
+
+// Mount is one line of /proc/self/mountinfo.
+type Mount struct {
+	ID         int
+	Mountpoint string
+	FSType     string
+	Source     string
+}
+
+// ParseMountinfo reads the format of proc(5)'s /proc/PID/mountinfo.
+func ParseMountinfo(r io.Reader) ([]Mount, error) {
+	var mounts []Mount
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for n := 1; sc.Scan(); n++ {
+		m, err := parseMountLine(sc.Text())
+		if err != nil {
+			return nil, fmt.Errorf("mountinfo line %d: %w", n, err)
+		}
+		mounts = append(mounts, m)
+	}
+	return mounts, sc.Err()
+}
+
+// parseMountLine parses
+// "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue".
+func parseMountLine(line string) (Mount, error) {
+	pre, post, ok := strings.Cut(line, " - ")
+	if !ok {
+		return Mount{}, fmt.Errorf("no separator in %q", line)
+	}
+	f, g := strings.Fields(pre), strings.Fields(post)
+	if len(f) < 6 || len(g) < 2 {
+		return Mount{}, fmt.Errorf("too few fields in %q", line)
+	}
+	id, err := strconv.Atoi(f[0])
+	if err != nil {
+		return Mount{}, fmt.Errorf("mount id %q: %w", f[0], err)
+	}
+	return Mount{ID: id, Mountpoint: unescapeOctal(f[4]), FSType: unescapeOctal(g[0]), Source: unescapeOctal(g[1])}, nil
+}
+
+// unescapeOctal undoes the kernel's \ooo escapes (space, tab, newline, backslash).
+func unescapeOctal(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) && isOctal(s[i+1:i+4]) {
+			v, _ := strconv.ParseUint(s[i+1:i+4], 8, 8)
+			b.WriteByte(byte(v))
+			i += 3
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isOctal(s string) bool {
+	if len(s) != 3 || s[0] > '3' {
+		return false
+	}
+	for i := 0; i < 3; i++ {
+		if s[i] < '0' || s[i] > '7' {
+			return false
+		}
+	}
+	return true
+}
+
+// readMounts returns this process's mount table.
+func readMounts() ([]Mount, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return ParseMountinfo(f)
+}
+
+// topMountAt returns the mount that is visible at path (the last one
+// mounted there), if any.
+func topMountAt(mounts []Mount, path string) (Mount, bool) {
+	var top Mount
+	found := false
+	for _, m := range mounts {
+		if m.Mountpoint == path {
+			top, found = m, true
+		}
+	}
+	return top, found
+}
+
+// hasMount reports whether the mount with this id is still in the table.
+func hasMount(mounts []Mount, id int) bool {
+	for _, m := range mounts {
+		if m.ID == id {
+			return true
+		}
+	}
+	return false
+}

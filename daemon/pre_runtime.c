@@ -1,0 +1,328 @@
+/* The pre-runtime stage: the classic daemon(3) steps, done while the process
+ * still has exactly one thread (before the Go runtime starts its own).
+ *
+ * original ── fork ──> child: setsid ── fork ──> daemon (returns to Go)
+ *    │                   └─ _exit(0)
+ *    └─ reads the status pipe until "ok" or "err", prints it, exits.
+ *
+ * The protocol on the status pipe (daemon -> original) is line based:
+ *   start PID TIMEOUT_MS   the daemon runs; wait up to TIMEOUT_MS for the rest
+ *   ok TEXT                mounted and ready: print TEXT, exit 0
+ *   err CODE TEXT          failed: print TEXT to stderr, exit CODE
+ * End of file before "ok" or "err" is a failure (the daemon died). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <linux/close_range.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pre_runtime.h"
+
+/* How long the original process waits for the daemon's first word. Go's
+ * start-up takes milliseconds; this only guards against a wedged child. */
+#define FIRST_WORD_MS 10000
+/* How long a stopped daemon gets to unmount and go before SIGKILL. */
+#define STOP_GRACE_MS 5000
+
+static int stage_ran;
+static int status_fd = -1;
+static char orig_cwd[PATH_MAX];
+
+int mfs_stage_ran(void) { return stage_ran; }
+int mfs_status_fd(void) { return status_fd; }
+const char *mfs_orig_cwd(void) { return orig_cwd; }
+
+/* Options that take a value in the next argument (or after '='). */
+static const char *const value_opts[] = {
+	"-o", "--pidfile", "--log", "--ready-timeout", "--unmount-timeout", "--config", NULL,
+};
+/* Options that keep the process in the foreground. */
+static const char *const stay_opts[] = {
+	"-f", "--foreground", "-d", "-h", "--help", "-V", "--version", "--check-config", NULL,
+};
+
+static int in_list(const char *const list[], const char *arg)
+{
+	for (int i = 0; list[i]; i++) {
+		size_t n = strlen(list[i]);
+		if (strncmp(arg, list[i], n) != 0)
+			continue;
+		if (arg[n] == '\0')
+			return 1;
+		if (arg[n] == '=' && list[i][1] == '-')
+			return 1; /* --name=value */
+		if (list[i][1] != '-' && list == value_opts)
+			return 1; /* -oVALUE */
+	}
+	return 0;
+}
+
+static int has_token(const char *csv, const char *token)
+{
+	size_t n = strlen(token);
+	for (const char *p = csv; p; p = strchr(p, ',')) {
+		if (*p == ',')
+			p++;
+		if (strncmp(p, token, n) == 0 && (p[n] == ',' || p[n] == '\0'))
+			return 1;
+	}
+	return 0;
+}
+
+static int is_test_binary(const char *argv0)
+{
+	size_t n = strlen(argv0);
+	return n >= 5 && strcmp(argv0 + n - 5, ".test") == 0;
+}
+
+/* The value attached to an option (-oX, --log=X), or NULL. */
+static const char *attached_value(const char *arg)
+{
+	const char *eq = strchr(arg, '=');
+	if (arg[1] == '-')
+		return eq ? eq + 1 : NULL;
+	return arg[2] ? arg + 2 : NULL;
+}
+
+int mfs_gate(int argc, char *const argv[], const char *notify_socket)
+{
+	int positionals = 0, only_positionals = 0;
+
+	if (argc < 1 || is_test_binary(argv[0]))
+		return MFS_GATE_STAY;
+	if (notify_socket && *notify_socket)
+		return MFS_GATE_STAY;
+	for (int i = 1; i < argc; i++) {
+		const char *arg = argv[i];
+		if (only_positionals || arg[0] != '-' || arg[1] == '\0') {
+			positionals++;
+			continue;
+		}
+		if (strcmp(arg, "--") == 0) {
+			only_positionals = 1;
+			continue;
+		}
+		if (in_list(stay_opts, arg))
+			return MFS_GATE_STAY;
+		if (!in_list(value_opts, arg))
+			return MFS_GATE_STAY; /* unknown option: Go reports it */
+		const char *value = attached_value(arg);
+		if (!value && ++i >= argc)
+			return MFS_GATE_STAY; /* missing value: Go reports it */
+		if (!value)
+			value = argv[i];
+		if (strncmp(arg, "-o", 2) == 0 && has_token(value, "debug"))
+			return MFS_GATE_STAY;
+	}
+	return positionals == 2 ? MFS_GATE_DAEMONIZE : MFS_GATE_STAY;
+}
+
+/* bail reports a failure of the stage and ends this process. Before the
+ * first fork it writes to stderr; in a child it speaks the pipe protocol. */
+static void bail(int pipe_fd, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	int saved = errno;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	if (pipe_fd >= 0)
+		dprintf(pipe_fd, "err 1 mirrorfs: %s: %s\n", msg, strerror(saved));
+	else
+		dprintf(STDERR_FILENO, "mirrorfs: %s: %s\n", msg, strerror(saved));
+	_exit(1);
+}
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig) { interrupted = sig; }
+
+static void catch_interrupts(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal; /* no SA_RESTART: poll must see EINTR */
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+}
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The original process's view of the daemon while it waits. */
+struct waiter {
+	int fd;
+	pid_t group;     /* the daemon's process group: the child's pid */
+	pid_t daemon;    /* from "start", 0 before */
+	long long deadline;
+	int stopping;    /* we asked the daemon to go; any answer is a failure */
+	char buf[4096];
+	size_t len;
+};
+
+static void stop_daemon(struct waiter *w, const char *why)
+{
+	dprintf(STDERR_FILENO, "mirrorfs: %s; stopping the daemon\n", why);
+	if (w->daemon > 0)
+		kill(w->daemon, SIGTERM);
+	else
+		kill(-w->group, SIGTERM);
+	w->stopping = 1;
+	w->deadline = now_ms() + STOP_GRACE_MS;
+}
+
+/* handle_line returns an exit code, or -1 to keep waiting. */
+static int handle_line(struct waiter *w, char *line)
+{
+	if (strncmp(line, "start ", 6) == 0) {
+		long long timeout_ms = 0;
+		int pid = 0;
+		if (sscanf(line + 6, "%d %lld", &pid, &timeout_ms) == 2 && !w->stopping) {
+			w->daemon = pid;
+			w->deadline = now_ms() + timeout_ms;
+		}
+		return -1;
+	}
+	if (strncmp(line, "ok ", 3) == 0) {
+		if (w->stopping)
+			return -1; /* it became ready as we stopped it: wait for its exit */
+		dprintf(STDOUT_FILENO, "%s\n", line + 3);
+		return 0;
+	}
+	if (strncmp(line, "err ", 4) == 0) {
+		char *text = NULL;
+		long code = strtol(line + 4, &text, 10);
+		dprintf(STDERR_FILENO, "%s\n", text && *text == ' ' ? text + 1 : line);
+		return code > 0 && code < 126 ? (int)code : 1;
+	}
+	return -1;
+}
+
+/* read_lines reads what is available; returns an exit code, -1 to go on,
+ * or -2 at end of file. */
+static int read_lines(struct waiter *w)
+{
+	ssize_t n = read(w->fd, w->buf + w->len, sizeof w->buf - 1 - w->len);
+	if (n < 0)
+		return errno == EINTR ? -1 : -2;
+	if (n == 0)
+		return -2;
+	w->len += (size_t)n;
+	w->buf[w->len] = '\0';
+	char *nl;
+	while ((nl = strchr(w->buf, '\n'))) {
+		*nl = '\0';
+		int rc = handle_line(w, w->buf);
+		w->len -= (size_t)(nl + 1 - w->buf);
+		memmove(w->buf, nl + 1, w->len + 1);
+		if (rc >= 0)
+			return rc;
+	}
+	if (w->len == sizeof w->buf - 1)
+		w->len = 0; /* an overlong line: drop it */
+	return -1;
+}
+
+static int wait_for_daemon(struct waiter *w)
+{
+	for (;;) {
+		if (interrupted && !w->stopping)
+			stop_daemon(w, "interrupted");
+		long long left = w->deadline - now_ms();
+		if (left <= 0 && w->stopping) {
+			kill(w->daemon > 0 ? w->daemon : -w->group, SIGKILL);
+			dprintf(STDERR_FILENO, "mirrorfs: the daemon did not stop; killed it\n");
+			return 1;
+		}
+		if (left <= 0) {
+			stop_daemon(w, "not ready within --ready-timeout");
+			continue;
+		}
+		struct pollfd p = { .fd = w->fd, .events = POLLIN };
+		int r = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
+		if (r <= 0)
+			continue; /* EINTR or deadline: the loop head decides */
+		int rc = read_lines(w);
+		if (rc == -2) {
+			if (!w->stopping)
+				dprintf(STDERR_FILENO, "mirrorfs: the daemon exited before it was ready (see its log)\n");
+			return w->stopping && interrupted ? 128 + interrupted : 1;
+		}
+		if (rc >= 0)
+			return w->stopping && interrupted ? 128 + interrupted : rc;
+	}
+}
+
+static void become_daemon(int rfd, int wfd)
+{
+	close(rfd);
+	if (setsid() < 0)
+		bail(wfd, "setsid");
+	pid_t pid = fork();
+	if (pid < 0)
+		bail(wfd, "second fork");
+	if (pid > 0)
+		_exit(0);
+	if (chdir("/") < 0)
+		bail(wfd, "chdir /");
+	umask(0);
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (null < 0)
+		bail(wfd, "open /dev/null");
+	for (int fd = 0; fd <= 2; fd++)
+		if (dup2(null, fd) < 0)
+			bail(wfd, "dup2 /dev/null");
+	if (null > 2)
+		close(null);
+	/* Whatever else the caller left open is not ours to keep. */
+	if (wfd > 3 && close_range(3, (unsigned)wfd - 1, 0) < 0)
+		bail(wfd, "close_range");
+	if (close_range((unsigned)wfd + 1, ~0U, 0) < 0)
+		bail(wfd, "close_range");
+	status_fd = wfd;
+	stage_ran = 1;
+}
+
+void mfs_pre_runtime(int argc, char *argv[])
+{
+	if (mfs_gate(argc, argv, getenv("NOTIFY_SOCKET")) != MFS_GATE_DAEMONIZE)
+		return;
+	if (!getcwd(orig_cwd, sizeof orig_cwd))
+		bail(-1, "cannot read the current directory");
+	int fds[2];
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		bail(-1, "status pipe");
+	catch_interrupts();
+	pid_t child = fork();
+	if (child < 0)
+		bail(-1, "fork");
+	if (child == 0) {
+		signal(SIGINT, SIG_DFL);
+		signal(SIGTERM, SIG_DFL);
+		signal(SIGHUP, SIG_DFL);
+		become_daemon(fds[0], fds[1]);
+		return; /* into the Go runtime, as the daemon */
+	}
+	close(fds[1]);
+	while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
+		;
+	struct waiter w = { .fd = fds[0], .group = child, .deadline = now_ms() + FIRST_WORD_MS };
+	_exit(wait_for_daemon(&w));
+}

@@ -1,0 +1,13 @@
+//go:build !(linux && cgo)
+
+package daemon
+
+// Without cgo the pre-runtime stage is not linked in. Main notices that a
+// background start was asked for and refuses, rather than quietly staying in
+// the foreground.
+
+const stageBuilt = false
+
+func readStage() stage { return stage{} }
+
+func gate(argv []string, notifySocket string) bool { return false }

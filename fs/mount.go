@@ -1,0 +1,115 @@
+package fs
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// Options says what to mirror and how.
+type Options struct {
+	Source        string
+	FsName        string // the mount's source column; Source when empty
+	ReadOnly      bool
+	AllowOther    bool // implies default_permissions: the kernel checks access
+	NoPassthrough bool
+	Debug         bool
+	KernelFlags   []string // nodev, nosuid, noexec, ...
+	Log           *slog.Logger
+}
+
+// Cache timeouts. They are explicit: a non-nil go-fuse Options without them
+// means no caching at all, an order of magnitude slower on metadata.
+const (
+	entryTimeout = time.Second
+	attrTimeout  = time.Second
+)
+
+// Mirror is a mounted mirror.
+type Mirror struct {
+	*fuse.Server
+	backing *backing
+}
+
+// Passthrough is the passthrough state: "on", "off (why)" or "unknown (why)".
+func (m *Mirror) Passthrough() string { return m.backing.State() }
+
+// Mount mirrors o.Source at mountpoint and returns once the kernel answers
+// there. The caller waits with Wait, never with Serve (go-fuse #512).
+func Mount(mountpoint string, o Options) (*Mirror, error) {
+	root, err := newRoot(o.Source)
+	if err != nil {
+		return nil, err
+	}
+	b := &backing{disabled: o.NoPassthrough, log: o.Log}
+	opts := o.gofsOptions(b)
+	raw := gofs.NewNodeFS(root, opts)
+	srv, err := fuse.NewServer(&bridgeInit{raw, b}, mountpoint, &opts.MountOptions)
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		srv.Unmount()
+		return nil, err
+	}
+	b.probe(o.Source)
+	return &Mirror{Server: srv, backing: b}, nil
+}
+
+func newRoot(source string) (gofs.InodeEmbedder, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(source, &st); err != nil {
+		return nil, fmt.Errorf("source %s: %w", source, err)
+	}
+	root := &gofs.LoopbackRoot{Path: source, Dev: uint64(st.Dev)}
+	n := &node{&gofs.LoopbackNode{RootData: root}}
+	root.RootNode = n
+	return n, nil
+}
+
+func (o Options) gofsOptions(b *backing) *gofs.Options {
+	entry, attr := entryTimeout, attrTimeout
+	fsname := o.FsName
+	if fsname == "" {
+		fsname = o.Source
+	}
+	kernel := append([]string(nil), o.KernelFlags...)
+	if o.ReadOnly {
+		kernel = append(kernel, "ro")
+	}
+	if o.AllowOther {
+		kernel = append(kernel, "default_permissions")
+	}
+	return &gofs.Options{
+		EntryTimeout:    &entry,
+		AttrTimeout:     &attr,
+		ServerCallbacks: b,
+		Logger:          slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn),
+		MountOptions: fuse.MountOptions{
+			FsName:        fsname,
+			Name:          "mirrorfs",
+			AllowOther:    o.AllowOther,
+			Options:       kernel,
+			Debug:         o.Debug,
+			DirectMount:   os.Geteuid() == 0,
+			MaxStackDepth: maxStackDepth(o.Source),
+			Logger:        slog.NewLogLogger(o.Log.Handler(), slog.LevelDebug),
+		},
+	}
+}
+
+// bridgeInit keeps go-fuse's node bridge talking to backing rather than to
+// the server directly: the bridge's Init would replace the ServerCallbacks
+// given in the options with the server, and that Init does nothing else.
+type bridgeInit struct {
+	fuse.RawFileSystem
+	backing *backing
+}
+
+func (i *bridgeInit) Init(s *fuse.Server) { i.backing.srv = s }
