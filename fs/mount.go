@@ -92,12 +92,15 @@ func (o Options) gofsOptions(b *backing) *gofs.Options {
 		ServerCallbacks: b,
 		Logger:          slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn),
 		MountOptions: fuse.MountOptions{
-			FsName:        fsname,
-			Name:          "mirrorfs",
-			AllowOther:    o.AllowOther,
-			Options:       kernel,
-			Debug:         o.Debug,
-			DirectMount:   os.Geteuid() == 0,
+			FsName:      fsname,
+			Name:        "mirrorfs",
+			AllowOther:  o.AllowOther,
+			Options:     kernel,
+			Debug:       o.Debug,
+			DirectMount: os.Geteuid() == 0,
+			// Locks go to the source, so the mirror's users and the source's
+			// see the same locks.
+			EnableLocks:   true,
 			MaxStackDepth: maxStackDepth(o.Source),
 			Logger:        slog.NewLogLogger(o.Log.Handler(), slog.LevelDebug),
 		},
