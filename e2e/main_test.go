@@ -27,6 +27,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755) // tests run the binary as an unprivileged user too
 	bin = filepath.Join(dir, "mirrorfs")
 	args := []string{"build", "-o", bin}
 	if os.Getenv("MIRRORFS_RACE") != "" {
