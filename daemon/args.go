@@ -20,6 +20,8 @@ type Config struct {
 	KernelFlags   []string // nodev, nosuid, noexec and their opposites, passed to mount(2)
 
 	Pidfile, Log   string // "" means derived from the mountpoint
+	ConfigFile     string // the policy file; "" means the default policy
+	CheckConfig    string // --check-config FILE: validate it and exit
 	ReadyTimeout   time.Duration
 	UnmountTimeout time.Duration
 
@@ -44,6 +46,8 @@ var valueOptions = map[string]func(*Config, string) error{
 	"-o":                (*Config).setMountOptions,
 	"--pidfile":         func(c *Config, v string) error { c.Pidfile = v; return nil },
 	"--log":             func(c *Config, v string) error { c.Log = v; return nil },
+	"--config":          func(c *Config, v string) error { c.ConfigFile = v; return nil },
+	"--check-config":    func(c *Config, v string) error { c.CheckConfig = v; return nil },
 	"--ready-timeout":   durationSetter("--ready-timeout", func(c *Config) *time.Duration { return &c.ReadyTimeout }),
 	"--unmount-timeout": durationSetter("--unmount-timeout", func(c *Config) *time.Duration { return &c.UnmountTimeout }),
 }
@@ -87,7 +91,7 @@ func ParseArgs(args []string) (*Config, error) {
 			i += next
 		}
 	}
-	if c.Help || c.Version {
+	if c.Help || c.Version || c.CheckConfig != "" {
 		return c, nil
 	}
 	if len(positionals) != 2 {
@@ -167,6 +171,8 @@ func (c *Config) setMountOption(opt string) error {
 		c.Pidfile = value
 	case key == "log" && hasValue:
 		c.Log = value
+	case key == "config" && hasValue:
+		c.ConfigFile = value
 	case kernelMountFlags[opt]:
 		c.KernelFlags = append(c.KernelFlags, opt)
 	case ignoredMountOptions[opt] || strings.HasPrefix(opt, "x-") || key == "comment":
@@ -178,5 +184,5 @@ func (c *Config) setMountOption(opt string) error {
 
 // Background says whether this command line asks to detach.
 func (c *Config) Background() bool {
-	return !c.Foreground && !c.Debug && !c.Help && !c.Version
+	return !c.Foreground && !c.Debug && !c.Help && !c.Version && c.CheckConfig == ""
 }

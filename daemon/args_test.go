@@ -35,6 +35,11 @@ func TestParseArgs(t *testing.T) {
 			Config{Source: "src", Mountpoint: "mnt", ReadyTimeout: 5 * time.Second, UnmountTimeout: time.Minute}},
 		{"-- ends options", []string{"--", "-src", "mnt"},
 			Config{Source: "-src", Mountpoint: "mnt"}},
+		{"policy file", []string{"src", "mnt", "--config", "p.toml"},
+			Config{Source: "src", Mountpoint: "mnt", ConfigFile: "p.toml"}},
+		{"policy file as a mount option", []string{"src", "mnt", "-o", "ro,config=/etc/mirrorfs/x.toml"},
+			Config{Source: "src", Mountpoint: "mnt", ReadOnly: true, ConfigFile: "/etc/mirrorfs/x.toml"}},
+		{"check-config needs no positionals", []string{"--check-config", "p.toml"}, Config{CheckConfig: "p.toml"}},
 		{"help needs no positionals", []string{"--help"}, Config{Help: true}},
 		{"version", []string{"-V"}, Config{Version: true}},
 	}

@@ -9,12 +9,25 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
 
 	"mirrorfs/fs"
+	"mirrorfs/policy"
 )
+
+// checkConfig is --check-config: validate a policy file, never mount.
+func checkConfig(name string) int {
+	p, err := policy.Load(name)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "mirrorfs: %v\n", err)
+		return ExitFailure
+	}
+	fmt.Fprintf(os.Stdout, "mirrorfs: %s: ok (%s)\n", name, describe(p))
+	return ExitOK
+}
 
 // Version is set at build time.
 var Version = "dev"
@@ -37,6 +50,8 @@ func Main(args []string) int {
 	case cfg.Version:
 		fmt.Fprintf(os.Stdout, "mirrorfs %s\n", Version)
 		return ExitOK
+	case cfg.CheckConfig != "":
+		return checkConfig(cfg.CheckConfig)
 	case cfg.Background() && !st.ran && os.Getenv("NOTIFY_SOCKET") == "":
 		return rep.fail(errNoStage)
 	}
@@ -58,6 +73,9 @@ type daemon struct {
 	mirror  *fs.Mirror
 	mountID int
 	signals chan os.Signal
+	policy  *policy.Policy // the policy in force; only the serving goroutine changes it
+	level   slog.LevelVar
+	state   State
 
 	mu       sync.Mutex // guards mounting and stopSig against the early-stop goroutine
 	mounting bool       // the mount has begun: a stop waits for it to finish
@@ -90,7 +108,11 @@ func start(cfg *Config, st stage, rep *reporter) (*daemon, error) {
 	}
 	msg := fmt.Sprintf("mirrorfs: mounted %s at %s (pid %d, log %s, passthrough %s)",
 		cfg.Source, cfg.Mountpoint, os.Getpid(), d.logName(), d.mirror.Passthrough())
-	d.log.Info("ready", "source", cfg.Source, "mountpoint", cfg.Mountpoint, "passthrough", d.mirror.Passthrough())
+	d.setLogLevel(d.policy)
+	d.state = State{Pid: os.Getpid(), Source: cfg.Source, Mountpoint: cfg.Mountpoint, Config: cfg.ConfigFile, Started: time.Now().UTC()}
+	d.writeState()
+	d.log.Info("ready", "source", cfg.Source, "mountpoint", cfg.Mountpoint, "passthrough", d.mirror.Passthrough(),
+		"policy", describe(d.policy))
 	rep.ready(msg)
 	sd.SdNotify(false, sd.SdNotifyReady)
 	return d, nil
@@ -111,7 +133,7 @@ func (d *daemon) prepare(st stage) error {
 		return err
 	}
 	d.log.Info("starting", "version", Version, "pid", os.Getpid(), "args", os.Args[1:])
-	for _, check := range []func() error{cfg.checkSource, cfg.checkMountpointPath, checkFuse} {
+	for _, check := range []func() error{cfg.checkSource, cfg.checkMountpointPath, checkFuse, d.loadPolicy} {
 		if err := check(); err != nil {
 			d.log.Error("refused", "err", err)
 			return err
@@ -133,9 +155,8 @@ func (d *daemon) prepare(st stage) error {
 }
 
 func (d *daemon) openLog(toFile, detached bool) error {
-	level := slog.LevelInfo
 	if d.cfg.Debug {
-		level = slog.LevelDebug
+		d.level.Set(slog.LevelDebug)
 	}
 	var w io.Writer = os.Stderr
 	if toFile {
@@ -145,7 +166,7 @@ func (d *daemon) openLog(toFile, detached bool) error {
 		}
 		d.logFile, w = lf, lf
 	}
-	d.log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	d.log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: &d.level}))
 	return nil
 }
 
@@ -163,7 +184,8 @@ func (d *daemon) mount() error {
 	said, err := captureStderr(func() (err error) {
 		m, err = fs.Mount(cfg.Mountpoint, fs.Options{
 			Source: cfg.Source, FsName: cfg.FsName, ReadOnly: cfg.ReadOnly, AllowOther: cfg.AllowOther,
-			NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, KernelFlags: cfg.KernelFlags, Log: d.log,
+			NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, KernelFlags: cfg.KernelFlags,
+			Policy: d.policy, Log: d.log,
 		})
 		return err
 	})
@@ -242,6 +264,7 @@ func (d *daemon) stoppedDuringStart() (os.Signal, bool) {
 // close releases what the daemon holds and logs why it ends.
 func (d *daemon) close(why string, err error) {
 	if d.pidfile != nil {
+		os.Remove(StatePath(d.pidfile.Path()))
 		d.pidfile.Release()
 	}
 	if err != nil {

@@ -10,7 +10,7 @@ import (
 // resolve makes the command line's paths absolute against dir (the directory
 // the user ran the command in) and fills in the default pidfile and log.
 func (c *Config) resolve(dir string, env func(string) string) error {
-	for _, p := range []*string{&c.Source, &c.Mountpoint, &c.Pidfile, &c.Log} {
+	for _, p := range []*string{&c.Source, &c.Mountpoint, &c.Pidfile, &c.Log, &c.ConfigFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}

@@ -45,19 +45,6 @@ func (d *daemon) serve() {
 	}
 }
 
-// reload handles SIGHUP: for now, reopen the log (logrotate).
-func (d *daemon) reload() {
-	d.log.Info("signal", "signal", "hangup")
-	if d.logFile == nil {
-		return
-	}
-	if err := d.logFile.Reopen(); err != nil {
-		d.log.Error("reopen log", "err", err)
-		return
-	}
-	d.log.Info("log reopened", "path", d.logFile.path)
-}
-
 // connectionEnded handles the end of the FUSE session: the mount is gone
 // (unmounted externally) or still there, dead (connection aborted).
 func (d *daemon) connectionEnded() {

@@ -4,11 +4,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path"
 	"syscall"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"mirrorfs/policy"
 )
 
 // Options says what to mirror and how.
@@ -20,6 +23,7 @@ type Options struct {
 	NoPassthrough bool
 	Debug         bool
 	KernelFlags   []string // nodev, nosuid, noexec, ...
+	Policy        *policy.Policy // nil: policy.Default
 	Log           *slog.Logger
 }
 
@@ -34,6 +38,7 @@ const (
 type Mirror struct {
 	*fuse.Server
 	backing *backing
+	root    *node
 }
 
 // Passthrough is the passthrough state: "on", "off (why)" or "unknown (why)".
@@ -42,7 +47,11 @@ func (m *Mirror) Passthrough() string { return m.backing.State() }
 // Mount mirrors o.Source at mountpoint and returns once the kernel answers
 // there. The caller waits with Wait, never with Serve (go-fuse #512).
 func Mount(mountpoint string, o Options) (*Mirror, error) {
-	root, err := newRoot(o.Source)
+	pol := o.Policy
+	if pol == nil {
+		pol = policy.Default
+	}
+	root, err := newRoot(o.Source, pol)
 	if err != nil {
 		return nil, err
 	}
@@ -59,18 +68,47 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 		return nil, err
 	}
 	b.probe(o.Source)
-	return &Mirror{Server: srv, backing: b}, nil
+	return &Mirror{Server: srv, backing: b, root: root}, nil
 }
 
-func newRoot(source string) (gofs.InodeEmbedder, error) {
+func newRoot(source string, pol *policy.Policy) (*node, error) {
 	var st syscall.Stat_t
 	if err := syscall.Stat(source, &st); err != nil {
 		return nil, fmt.Errorf("source %s: %w", source, err)
 	}
 	root := &gofs.LoopbackRoot{Path: source, Dev: uint64(st.Dev)}
-	n := &node{&gofs.LoopbackNode{RootData: root}}
+	n := &node{LoopbackNode: &gofs.LoopbackNode{RootData: root}, m: &shared{}}
+	n.m.policy.Store(pol)
 	root.RootNode = n
 	return n, nil
+}
+
+// Policy is the policy in force.
+func (m *Mirror) Policy() *policy.Policy { return m.root.m.policy.Load() }
+
+// SetPolicy swaps in p at once: each request sees the old policy or the new
+// one, never a mix. Names the kernel has cached that p hides are dropped from
+// its cache, so the very next lookup of them fails.
+func (m *Mirror) SetPolicy(p *policy.Policy) {
+	m.root.m.policy.Store(p)
+	if p.Hides() {
+		invalidateHidden(p, m.root.EmbeddedInode(), "")
+	}
+}
+
+// invalidateHidden walks the inodes the kernel knows and drops the entries
+// that p hides from the kernel's cache.
+func invalidateHidden(p *policy.Policy, dir *gofs.Inode, rel string) {
+	for name, child := range dir.Children() {
+		childRel := path.Join(rel, name)
+		if p.Hidden(childRel, name, child.IsDir()) {
+			dir.NotifyEntry(name)
+			continue
+		}
+		if child.IsDir() {
+			invalidateHidden(p, child, childRel)
+		}
+	}
 }
 
 func (o Options) gofsOptions(b *backing) *gofs.Options {

@@ -1,0 +1,198 @@
+package fs
+
+import (
+	"context"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// The operations that change the mirror. Each checks the policy first:
+// read_only gives EROFS; a hidden name gives ENOENT where it would have to
+// exist and EPERM where it would be created (so a hidden file can be neither
+// reached nor replaced through the mirror).
+
+// guardNew checks a name about to be created in n.
+func (n *node) guardNew(name string) syscall.Errno {
+	p := n.m.policy.Load()
+	switch {
+	case p.ReadOnly:
+		return syscall.EROFS
+	case n.mayHide(p, name):
+		return syscall.EPERM
+	}
+	return 0
+}
+
+// guardExisting checks an existing name in n about to be changed.
+func (n *node) guardExisting(name string) syscall.Errno {
+	p := n.m.policy.Load()
+	switch {
+	case p.ReadOnly:
+		return syscall.EROFS
+	case n.mayHide(p, name):
+		return syscall.ENOENT
+	}
+	return 0
+}
+
+func (n *node) guardWrite() syscall.Errno {
+	if n.m.policy.Load().ReadOnly {
+		return syscall.EROFS
+	}
+	return 0
+}
+
+const writeFlags = syscall.O_WRONLY | syscall.O_RDWR | syscall.O_TRUNC | syscall.O_APPEND | syscall.O_CREAT
+
+var _ = (gofs.NodeOpener)((*node)(nil))
+
+// Open refuses write access under read_only. Handles opened for writing
+// before a switch to read_only keep their access, as after a chmod.
+func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&writeFlags != 0 {
+		if errno := n.guardWrite(); errno != 0 {
+			return nil, 0, errno
+		}
+	}
+	return n.LoopbackNode.Open(ctx, flags)
+}
+
+var _ = (gofs.NodeCreater)((*node)(nil))
+
+func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if errno := n.guardNew(name); errno != 0 {
+		return nil, nil, 0, errno
+	}
+	inode, fh, fuseFlags, errno := n.LoopbackNode.Create(ctx, name, flags, mode, out)
+	setEntryTimeouts(n.m.policy.Load(), out)
+	return inode, fh, fuseFlags, errno
+}
+
+var _ = (gofs.NodeMkdirer)((*node)(nil))
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if errno := n.guardNew(name); errno != 0 {
+		return nil, errno
+	}
+	return n.LoopbackNode.Mkdir(ctx, name, mode, out)
+}
+
+var _ = (gofs.NodeMknoder)((*node)(nil))
+
+func (n *node) Mknod(ctx context.Context, name string, mode, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if errno := n.guardNew(name); errno != 0 {
+		return nil, errno
+	}
+	return n.LoopbackNode.Mknod(ctx, name, mode, dev, out)
+}
+
+var _ = (gofs.NodeSymlinker)((*node)(nil))
+
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if errno := n.guardNew(name); errno != 0 {
+		return nil, errno
+	}
+	return n.LoopbackNode.Symlink(ctx, target, name, out)
+}
+
+var _ = (gofs.NodeLinker)((*node)(nil))
+
+func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if errno := n.guardNew(name); errno != 0 {
+		return nil, errno
+	}
+	return n.LoopbackNode.Link(ctx, target, name, out)
+}
+
+var _ = (gofs.NodeRenamer)((*node)(nil))
+
+func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	if errno := n.guardExisting(name); errno != 0 {
+		return errno
+	}
+	if np, ok := newParent.(*node); ok {
+		if errno := np.guardNew(newName); errno != 0 {
+			return errno
+		}
+	}
+	return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
+}
+
+var _ = (gofs.NodeUnlinker)((*node)(nil))
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	if errno := n.guardExisting(name); errno != 0 {
+		return errno
+	}
+	return n.LoopbackNode.Unlink(ctx, name)
+}
+
+var _ = (gofs.NodeRmdirer)((*node)(nil))
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if errno := n.guardExisting(name); errno != 0 {
+		return errno
+	}
+	return n.LoopbackNode.Rmdir(ctx, name)
+}
+
+var _ = (gofs.NodeSetattrer)((*node)(nil))
+
+func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if errno := n.guardWrite(); errno != 0 {
+		return errno
+	}
+	return n.LoopbackNode.Setattr(ctx, f, in, out)
+}
+
+var _ = (gofs.NodeSetxattrer)((*node)(nil))
+
+func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if errno := n.guardWrite(); errno != 0 {
+		return errno
+	}
+	return n.LoopbackNode.Setxattr(ctx, attr, data, flags)
+}
+
+var _ = (gofs.NodeRemovexattrer)((*node)(nil))
+
+func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if errno := n.guardWrite(); errno != 0 {
+		return errno
+	}
+	return n.LoopbackNode.Removexattr(ctx, attr)
+}
+
+var _ = (gofs.NodeAllocater)((*node)(nil))
+
+// Allocate (fallocate) is refused under read_only even on an old handle:
+// it changes the file's size or blocks, which a write handle does not imply.
+func (n *node) Allocate(ctx context.Context, f gofs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
+	if errno := n.guardWrite(); errno != 0 {
+		return errno
+	}
+	if a, ok := f.(gofs.FileAllocater); ok {
+		return a.Allocate(ctx, off, size, mode)
+	}
+	return syscall.ENOTSUP
+}
+
+var _ = (gofs.NodeCopyFileRanger)((*node)(nil))
+
+func (n *node) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn uint64, out *gofs.Inode, fhOut gofs.FileHandle, offOut, length, flags uint64) (uint32, syscall.Errno) {
+	if errno := n.guardWrite(); errno != 0 {
+		return 0, errno
+	}
+	return n.LoopbackNode.CopyFileRange(ctx, fhIn, offIn, out, fhOut, offOut, length, flags)
+}
+
+var _ = (gofs.NodeTmpfiler)((*node)(nil))
+
+func (n *node) Tmpfile(ctx context.Context, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if errno := n.guardWrite(); errno != 0 {
+		return nil, nil, 0, errno
+	}
+	return n.LoopbackNode.Tmpfile(ctx, flags, mode, out)
+}

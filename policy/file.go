@@ -1,0 +1,95 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// file is the TOML form of a policy file.
+type file struct {
+	ReadOnly     bool      `toml:"read_only"`
+	Hide         []Pattern `toml:"hide"`
+	EntryTimeout duration  `toml:"entry_timeout"`
+	AttrTimeout  duration  `toml:"attr_timeout"`
+	LogLevel     level     `toml:"log_level"`
+}
+
+type duration struct{ time.Duration }
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil || v < 0 {
+		return fmt.Errorf("%q is not a duration like \"1s\" or \"250ms\"", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+type level struct{ slog.Level }
+
+func (l *level) UnmarshalText(b []byte) error {
+	if err := l.Level.UnmarshalText(b); err != nil {
+		return fmt.Errorf("%q is not a log level (debug, info, warn, error)", b)
+	}
+	return nil
+}
+
+// Load reads and decodes a policy file strictly: an unknown key, a wrong
+// type or a bad pattern is an error naming the file, the line and the key.
+func Load(name string) (*Policy, error) {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("policy %w", err)
+	}
+	return Decode(name, b)
+}
+
+// Decode decodes the policy file called name, whose contents are b.
+func Decode(name string, b []byte) (*Policy, error) {
+	var f file
+	dec := toml.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return nil, decodeError(name, err)
+	}
+	p := &Policy{ReadOnly: f.ReadOnly, Hide: f.Hide, EntryTimeout: f.EntryTimeout.Duration,
+		AttrTimeout: f.AttrTimeout.Duration, LogLevel: f.LogLevel.Level}
+	p.index()
+	return p, nil
+}
+
+// decodeError turns go-toml's errors into "FILE:LINE: key K: what".
+func decodeError(name string, err error) error {
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) && len(strict.Errors) > 0 {
+		var lines []string
+		for i := range strict.Errors {
+			lines = append(lines, located(name, &strict.Errors[i], "unknown key"))
+		}
+		return errors.New(strings.Join(lines, "; "))
+	}
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		return errors.New(located(name, de, ""))
+	}
+	return fmt.Errorf("%s: %w", name, err)
+}
+
+func located(name string, de *toml.DecodeError, what string) string {
+	row, _ := de.Position()
+	msg := strings.TrimPrefix(de.Error(), "toml: ")
+	if what != "" {
+		msg = what
+	}
+	if key := strings.Join(de.Key(), "."); key != "" {
+		return fmt.Sprintf("%s:%d: key %q: %s", name, row, key, msg)
+	}
+	return fmt.Sprintf("%s:%d: %s", name, row, msg)
+}

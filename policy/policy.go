@@ -1,0 +1,123 @@
+// Package policy is what the mirror shows and allows: read-only or not, the
+// names it hides, its cache timeouts. A Policy is immutable; a reload builds
+// a new one and swaps it in whole.
+package policy
+
+import (
+	"fmt"
+	"log/slog"
+	"path"
+	"strings"
+	"time"
+)
+
+// Policy is one decoded policy file.
+type Policy struct {
+	ReadOnly     bool
+	Hide         []Pattern
+	EntryTimeout time.Duration // 0: the mount's default
+	AttrTimeout  time.Duration // 0: the mount's default
+	LogLevel     slog.Level
+
+	anchored bool // some pattern contains "/": matching needs the path
+}
+
+// Default is the policy without a file: everything visible and writable.
+var Default = &Policy{}
+
+// Pattern is one hide pattern, in path.Match syntax.
+//
+//   - without "/", it matches an entry's name at any depth: "*.key";
+//   - with "/", it matches the path from the mirror's root: "etc/secret"
+//     ("/etc/secret" is the same);
+//   - a trailing "/" restricts it to directories: "cache/".
+type Pattern struct {
+	glob     string
+	anchored bool
+	dirOnly  bool
+}
+
+// ParsePattern checks and parses a hide pattern.
+func ParsePattern(s string) (Pattern, error) {
+	p := Pattern{glob: s}
+	if strings.HasSuffix(p.glob, "/") {
+		p.glob, p.dirOnly = strings.TrimRight(p.glob, "/"), true
+	}
+	if strings.Contains(p.glob, "/") {
+		p.glob, p.anchored = strings.TrimLeft(path.Clean(p.glob), "/"), true
+	}
+	if p.glob == "" || p.glob == "." || p.glob == ".." || strings.HasPrefix(p.glob, "../") {
+		return Pattern{}, fmt.Errorf("pattern %q matches nothing in the mirror", s)
+	}
+	if _, err := path.Match(p.glob, ""); err != nil {
+		return Pattern{}, fmt.Errorf("pattern %q: %w", s, err)
+	}
+	return p, nil
+}
+
+// String is the pattern as written (normalised).
+func (p Pattern) String() string {
+	s := p.glob
+	if p.anchored && !strings.Contains(s, "/") {
+		s = "/" + s
+	}
+	if p.dirOnly {
+		s += "/"
+	}
+	return s
+}
+
+// UnmarshalText lets the TOML decoder check a pattern where it stands.
+func (p *Pattern) UnmarshalText(b []byte) error {
+	parsed, err := ParsePattern(string(b))
+	if err != nil {
+		return err
+	}
+	*p = parsed
+	return nil
+}
+
+// New builds a policy; it is how decoded files and tests make one.
+func New(readOnly bool, hide []Pattern) *Policy {
+	p := &Policy{ReadOnly: readOnly, Hide: hide}
+	p.index()
+	return p
+}
+
+func (p *Policy) index() {
+	for _, h := range p.Hide {
+		p.anchored = p.anchored || h.anchored
+	}
+}
+
+// NeedsPath says whether Hidden needs the entry's path, not only its name.
+func (p *Policy) NeedsPath() bool { return p.anchored }
+
+// Hides says whether any name is hidden at all.
+func (p *Policy) Hides() bool { return len(p.Hide) > 0 }
+
+// Hidden says whether the entry called name, at rel (its path from the
+// mirror's root, without a leading "/"; only needed when NeedsPath), is
+// hidden. isDir is whether it is a directory.
+func (p *Policy) Hidden(rel, name string, isDir bool) bool {
+	for _, h := range p.Hide {
+		if h.dirOnly && !isDir {
+			continue
+		}
+		subject := name
+		if h.anchored {
+			subject = rel
+		}
+		if ok, _ := path.Match(h.glob, subject); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// HiddenAnyType says whether a name would be hidden as a file or as a
+// directory: for names that are about to be created, or whose type is not
+// known.
+func (p *Policy) HiddenAnyType(rel, name string) bool {
+	return p.Hidden(rel, name, true)
+}
