@@ -12,8 +12,7 @@ build: ## build ./mirrorfs
 	CGO_ENABLED=1 $(GO) build -ldflags '$(LDFLAGS)' -o mirrorfs .
 
 .PHONY: test
-test: ## unit and end-to-end tests (needs root, /dev/fuse and fuse3)
-	$(GO) vet ./...
+test: lint ## lint, unit and end-to-end tests (needs root, /dev/fuse and fuse3)
 	$(GO) test -count=1 -timeout 15m ./...
 
 .PHONY: unit

@@ -22,7 +22,7 @@ type Options struct {
 	AllowOther    bool // implies default_permissions: the kernel checks access
 	NoPassthrough bool
 	Debug         bool
-	KernelFlags   []string // nodev, nosuid, noexec, ...
+	KernelFlags   []string       // nodev, nosuid, noexec, ...
 	Policy        *policy.Policy // nil: policy.Default
 	Log           *slog.Logger
 }
