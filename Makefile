@@ -31,9 +31,10 @@ demo: build ## mount a demo mirror of ./demo/src at ./demo/mnt
 	@echo "try: cat demo/mnt/hello.txt; stop: kill \$$(cat demo/mirrorfs.pid)"
 
 .PHONY: lint
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet, shellcheck
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
 	$(GO) vet ./...
+	shellcheck scripts/mirrorfs-ctl .ci/run
 
 .PHONY: clean
 clean: ## remove build output

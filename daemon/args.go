@@ -136,7 +136,7 @@ func splitOption(arg string) (name, value string, attached bool) {
 // ignoredMountOptions are what mount(8) and fstab pass that mean nothing to
 // a FUSE daemon; they are accepted so that fstab lines work.
 var ignoredMountOptions = map[string]bool{
-	"rw": true, "defaults": true, "auto": true, "noauto": true, "nofail": true, "_netdev": true,
+	"defaults": true, "auto": true, "noauto": true, "nofail": true, "_netdev": true,
 	"user": true, "users": true, "nouser": true, "owner": true, "async": true,
 	"atime": true, "noatime": true, "relatime": true, "norelatime": true, "strictatime": true,
 }
@@ -157,8 +157,8 @@ func (c *Config) setMountOptions(list string) error {
 func (c *Config) setMountOption(opt string) error {
 	key, value, hasValue := strings.Cut(opt, "=")
 	switch {
-	case opt == "ro":
-		c.ReadOnly = true
+	case opt == "ro", opt == "rw":
+		c.ReadOnly = opt == "ro" // the last one wins, as with mount(8)
 	case opt == "allow_other":
 		c.AllowOther = true
 	case opt == "debug":

@@ -29,6 +29,8 @@ func TestParseArgs(t *testing.T) {
 			Config{Source: "src", Mountpoint: "mnt", Debug: true}},
 		{"fstab noise is accepted", []string{"src", "mnt", "-o", "rw,defaults,nofail,_netdev,noauto,user,x-systemd.automount,comment=x"},
 			Config{Source: "src", Mountpoint: "mnt"}},
+		{"the last of ro and rw wins", []string{"src", "mnt", "-o", "rw,ro", "-o", "ro,rw"},
+			Config{Source: "src", Mountpoint: "mnt"}},
 		{"kernel flags pass through", []string{"src", "mnt", "-o", "nosuid,nodev,noexec"},
 			Config{Source: "src", Mountpoint: "mnt", KernelFlags: []string{"nosuid", "nodev", "noexec"}}},
 		{"timeouts", []string{"--ready-timeout", "5s", "--unmount-timeout=1m", "src", "mnt"},

@@ -16,13 +16,15 @@ import (
 // errNoAnswer means a stat of a mountpoint did not return in time.
 var errNoAnswer = errors.New("does not answer")
 
-// statWithin stats path, giving up after timeout: a FUSE mount whose daemon
-// is stopped would block a plain stat forever.
-func statWithin(path string, timeout time.Duration) error {
+// probeWithin asks the file system at path whether it answers, giving up
+// after timeout: a FUSE mount whose daemon is stopped would block forever.
+// It uses statfs, which the kernel always sends to the daemon; a stat may be
+// answered from the attribute cache of a mount whose daemon is dead.
+func probeWithin(path string, timeout time.Duration) error {
 	done := make(chan error, 1)
 	go func() {
-		var st unix.Stat_t
-		done <- unix.Stat(path, &st)
+		var st unix.Statfs_t
+		done <- unix.Statfs(path, &st)
 	}()
 	select {
 	case err := <-done:

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"time"
 
+	sd "github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
+
 	"mirrorfs/policy"
 )
 
@@ -40,6 +43,8 @@ func (d *daemon) setLogLevel(p *policy.Policy) {
 // policy in force as it was.
 func (d *daemon) reload() {
 	d.log.Info("signal", "signal", "hangup")
+	notifyReloading()
+	defer sd.SdNotify(false, sd.SdNotifyReady)
 	if d.logFile != nil {
 		if err := d.logFile.Reopen(); err != nil {
 			d.log.Error("reopen log", "err", err)
@@ -63,6 +68,14 @@ func (d *daemon) reload() {
 	msg := describe(p)
 	d.log.Info("reloaded", "config", d.cfg.ConfigFile, "policy", msg)
 	d.recordReload(nil, msg)
+}
+
+// notifyReloading tells systemd a reload began, with the monotonic time it
+// needs to match the reload to the request (sd_notify(3)).
+func notifyReloading() {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	sd.SdNotify(false, fmt.Sprintf("%s\nMONOTONIC_USEC=%d", sd.SdNotifyReloading, ts.Nano()/1000))
 }
 
 // describe summarises a policy for the log and the state file.

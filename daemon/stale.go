@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// probeTimeout bounds the stat of a mountpoint found in the mount table.
+// probeTimeout bounds the probe of a mountpoint found in the mount table.
 const probeTimeout = 2 * time.Second
 
 // clearMountpoint makes sure nothing is mounted at the mountpoint. A dead
@@ -37,7 +37,7 @@ func (d *daemon) clearMountpoint() error {
 
 // recoverStale detaches a mirrorfs mount whose daemon is gone.
 func (d *daemon) recoverStale(m Mount) error {
-	err := statWithin(m.Mountpoint, probeTimeout)
+	err := probeWithin(m.Mountpoint, probeTimeout)
 	switch {
 	case err == nil:
 		return fmt.Errorf("mountpoint %s is already served by another mirrorfs (not the one with pidfile %s)", m.Mountpoint, d.cfg.Pidfile)

@@ -85,7 +85,7 @@ func (e *env) cleanup() {
 		e.pids = append(e.pids, pid)
 	}
 	for _, pid := range e.pids {
-		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+		if pid > 0 && syscall.Kill(pid, syscall.SIGKILL) == nil { // never 0 or -1: a group
 			var ws unix.WaitStatus
 			unix.Wait4(pid, &ws, 0, nil)
 		}
@@ -234,6 +234,9 @@ func waitUnmounted(t *testing.T, mnt string) {
 // exit code, or 128+signal.
 func waitExit(t *testing.T, pid int) int {
 	t.Helper()
+	if pid <= 0 {
+		t.Fatalf("waitExit(%d): not a process", pid)
+	}
 	code := -1
 	eventually(t, "daemon "+strconv.Itoa(pid)+" to exit", func() bool {
 		var ws unix.WaitStatus
