@@ -36,6 +36,13 @@ lint: ## gofmt, go vet, shellcheck
 	$(GO) vet ./...
 	shellcheck scripts/mirrorfs-ctl .ci/run
 
+.PHONY: install
+install: build ## install the binary, the wrapper and the systemd units
+	install -D -m 0755 mirrorfs $(DESTDIR)/usr/local/bin/mirrorfs
+	install -D -m 0755 scripts/mirrorfs-ctl $(DESTDIR)/usr/local/sbin/mirrorfs-ctl
+	install -D -m 0644 scripts/systemd/mirrorfs@.service $(DESTDIR)/etc/systemd/system/mirrorfs@.service
+	install -D -m 0644 scripts/systemd/mirrorfs-forking@.service $(DESTDIR)/etc/systemd/system/mirrorfs-forking@.service
+
 .PHONY: clean
 clean: ## remove build output
 	rm -f mirrorfs mirrorfs.race

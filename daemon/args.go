@@ -16,6 +16,7 @@ type Config struct {
 	ReadOnly      bool
 	AllowOther    bool
 	NoPassthrough bool
+	AutoRemount   bool // remount after an aborted connection
 	FsName        string
 	KernelFlags   []string // nodev, nosuid, noexec and their opposites, passed to mount(2)
 
@@ -165,6 +166,8 @@ func (c *Config) setMountOption(opt string) error {
 		c.Debug = true
 	case opt == "nopassthrough":
 		c.NoPassthrough = true
+	case opt == "auto_remount":
+		c.AutoRemount = true
 	case key == "fsname" && hasValue && value != "":
 		c.FsName = value
 	case key == "pidfile" && hasValue:

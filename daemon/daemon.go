@@ -71,7 +71,7 @@ type daemon struct {
 	logFile *logFile // nil when logging to stderr
 	pidfile *Pidfile
 	mirror  *fs.Mirror
-	mountID int
+	mounted Mount // our mount, as the mount table shows it
 	signals chan os.Signal
 	policy  *policy.Policy // the policy in force; only the serving goroutine changes it
 	level   slog.LevelVar
@@ -211,7 +211,7 @@ func (d *daemon) mount() error {
 		d.unmount()
 		return fmt.Errorf("mount %s: not in /proc/self/mountinfo after mounting", cfg.Mountpoint)
 	}
-	d.mountID = top.ID
+	d.mounted = top
 	d.log.Info("mounted", "mountpoint", cfg.Mountpoint, "mount_id", top.ID)
 	return nil
 }

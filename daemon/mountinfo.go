@@ -14,7 +14,8 @@ const FSType = "fuse.mirrorfs"
 
 // Mount is one line of /proc/self/mountinfo.
 type Mount struct {
-	ID         int
+	ID         int    // reused by the kernel once the mount is gone
+	Dev        string // major:minor; for FUSE, the connection
 	Mountpoint string
 	FSType     string
 	Source     string
@@ -50,7 +51,7 @@ func parseMountLine(line string) (Mount, error) {
 	if err != nil {
 		return Mount{}, fmt.Errorf("mount id %q: %w", f[0], err)
 	}
-	return Mount{ID: id, Mountpoint: unescapeOctal(f[4]), FSType: unescapeOctal(g[0]), Source: unescapeOctal(g[1])}, nil
+	return Mount{ID: id, Dev: f[2], Mountpoint: unescapeOctal(f[4]), FSType: unescapeOctal(g[0]), Source: unescapeOctal(g[1])}, nil
 }
 
 // unescapeOctal undoes the kernel's \ooo escapes (space, tab, newline, backslash).
@@ -106,10 +107,11 @@ func topMountAt(mounts []Mount, path string) (Mount, bool) {
 	return top, found
 }
 
-// hasMount reports whether the mount with this id is still in the table.
-func hasMount(mounts []Mount, id int) bool {
-	for _, m := range mounts {
-		if m.ID == id {
+// hasMount reports whether mount m is still in the table. The kernel
+// reuses ids and FUSE device numbers, so all three must agree.
+func hasMount(mounts []Mount, m Mount) bool {
+	for _, o := range mounts {
+		if o.ID == m.ID && o.Dev == m.Dev && o.Mountpoint == m.Mountpoint {
 			return true
 		}
 	}

@@ -19,7 +19,7 @@ func TestParseMountinfo(t *testing.T) {
 	if len(mounts) != 4 {
 		t.Fatalf("got %d mounts, want 4", len(mounts))
 	}
-	want := Mount{ID: 36, Mountpoint: "/tmp/my mnt", FSType: "fuse.mirrorfs", Source: `/srv/a\b`}
+	want := Mount{ID: 36, Dev: "0:32", Mountpoint: "/tmp/my mnt", FSType: "fuse.mirrorfs", Source: `/srv/a\b`}
 	if mounts[1] != want {
 		t.Errorf("mounts[1] = %+v, want %+v", mounts[1], want)
 	}
@@ -30,7 +30,9 @@ func TestParseMountinfo(t *testing.T) {
 	if _, ok := topMountAt(mounts, "/tmp/my"); ok {
 		t.Error("topMountAt matched a prefix of a mountpoint")
 	}
-	if !hasMount(mounts, 40) || hasMount(mounts, 41) {
+	run := Mount{ID: 40, Dev: "0:34", Mountpoint: "/run/user"}
+	if !hasMount(mounts, run) || hasMount(mounts, Mount{ID: 41, Dev: "0:34", Mountpoint: "/run/user"}) ||
+		hasMount(mounts, Mount{ID: 40, Dev: "0:99", Mountpoint: "/run/user"}) || hasMount(mounts, Mount{ID: 40, Dev: "0:34"}) {
 		t.Error("hasMount is wrong")
 	}
 }

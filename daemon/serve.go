@@ -8,19 +8,35 @@ import (
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
+
+	"mirrorfs/fs"
 )
 
-// serve runs until a stop signal, an unmount or an aborted connection. One
-// goroutine, this one, owns all signals.
+// serve runs until a stop signal or an unmount. One goroutine, this one,
+// owns all signals. With -o auto_remount, a session that ends abnormally
+// (the connection aborted while the mount stays in the mount table) is
+// followed by a fresh mount; an unmount always means stop.
 func (d *daemon) serve() {
+	for {
+		aborted := d.serveSession()
+		if !aborted || !d.cfg.AutoRemount || !d.remount() {
+			return
+		}
+	}
+}
+
+// serveSession serves one FUSE session; it reports whether the session
+// ended by an aborted connection rather than a stop or an unmount, and has
+// closed the daemon otherwise.
+func (d *daemon) serveSession() (aborted bool) {
 	served := make(chan struct{})
-	go func() {
-		d.mirror.Wait()
+	go func(m *fs.Mirror) {
+		m.Wait()
 		close(served)
-	}()
+	}(d.mirror)
 	stopWatch := make(chan struct{})
 	defer close(stopWatch)
-	gone := d.watchMount(stopWatch)
+	gone := d.watchMount(stopWatch, d.mounted)
 	for {
 		select {
 		case sig := <-d.signals:
@@ -32,33 +48,86 @@ func (d *daemon) serve() {
 			sd.SdNotify(false, sd.SdNotifyStopping)
 			d.unmountWithin(d.cfg.UnmountTimeout, served)
 			d.close("stopped", nil)
-			return
+			return false
 		case <-served:
-			d.connectionEnded()
-			return
+			if d.connectionAborted() && d.cfg.AutoRemount {
+				return true
+			}
+			d.close("session ended", nil)
+			return false
 		case <-gone:
 			d.log.Info("unmounted externally", "mountpoint", d.cfg.Mountpoint)
 			d.waitServed(served, d.cfg.UnmountTimeout)
 			d.close("unmounted externally", nil)
-			return
+			return false
 		}
 	}
 }
 
-// connectionEnded handles the end of the FUSE session: the mount is gone
-// (unmounted externally) or still there, dead (connection aborted).
-func (d *daemon) connectionEnded() {
+// connectionAborted handles the end of the FUSE session. The rule that
+// tells an abort from an unmount: an unmount takes our mount out of the
+// mount table; an aborted connection leaves it there, dead. That dead mount
+// is detached here.
+func (d *daemon) connectionAborted() bool {
 	mounts, err := readMounts()
-	if err == nil && hasMount(mounts, d.mountID) {
-		d.log.Warn("connection aborted; detaching the dead mount", "mountpoint", d.cfg.Mountpoint)
-		if err := detach(d.cfg.Mountpoint); err != nil {
-			d.log.Error("detach", "err", err)
-		}
-		d.close("connection aborted", nil)
-		return
+	if err != nil || !hasMount(mounts, d.mounted) {
+		d.log.Info("unmounted externally", "mountpoint", d.cfg.Mountpoint)
+		return false
 	}
-	d.log.Info("unmounted externally", "mountpoint", d.cfg.Mountpoint)
-	d.close("unmounted externally", nil)
+	d.log.Warn("connection aborted; detaching the dead mount", "mountpoint", d.cfg.Mountpoint)
+	if err := detach(d.cfg.Mountpoint); err != nil {
+		d.log.Error("detach", "err", err)
+	}
+	return true
+}
+
+// Remounting after an abort: attempts and the backoff between them.
+const (
+	remountAttempts = 5
+	remountBackoff  = 200 * time.Millisecond
+)
+
+// remount mounts the mirror afresh after an aborted connection, with
+// backoff; it gives up after remountAttempts or on a stop signal, and then
+// closes the daemon.
+func (d *daemon) remount() bool {
+	backoff := remountBackoff
+	for attempt := 1; attempt <= remountAttempts; attempt++ {
+		d.log.Warn("remounting", "attempt", attempt, "of", remountAttempts)
+		err := d.clearMountpoint()
+		if err == nil {
+			err = d.mount()
+		}
+		if err == nil {
+			d.log.Info("remounted", "mountpoint", d.cfg.Mountpoint, "passthrough", d.mirror.Passthrough())
+			d.writeState()
+			return true
+		}
+		d.log.Error("remount failed", "attempt", attempt, "err", err)
+		if !d.sleepUnlessStopped(backoff) {
+			break
+		}
+		backoff *= 2
+	}
+	d.close("gave up remounting", nil)
+	return false
+}
+
+// sleepUnlessStopped waits for d, or less if a stop signal comes.
+func (d *daemon) sleepUnlessStopped(wait time.Duration) bool {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		select {
+		case <-timer.C:
+			return true
+		case sig := <-d.signals:
+			if sig != syscall.SIGHUP {
+				d.log.Info("signal", "signal", sig.String())
+				return false
+			}
+		}
+	}
 }
 
 // unmountWithin unmounts, retrying while the mount is busy until timeout,
@@ -104,8 +173,9 @@ func (d *daemon) waitServed(served <-chan struct{}, timeout time.Duration) {
 }
 
 // watchMount closes the returned channel when our mount leaves the mount
-// table. The kernel flags /proc/self/mountinfo (POLLPRI) on every change.
-func (d *daemon) watchMount(stop <-chan struct{}) <-chan struct{} {
+// table. The kernel flags /proc/self/mountinfo (POLLPRI) on every change;
+// the loop also wakes each second to run the health check.
+func (d *daemon) watchMount(stop <-chan struct{}, m Mount) <-chan struct{} {
 	gone := make(chan struct{})
 	go func() {
 		defer close(gone)
@@ -116,15 +186,17 @@ func (d *daemon) watchMount(stop <-chan struct{}) <-chan struct{} {
 			return
 		}
 		defer f.Close()
+		h := &health{mnt: m.Mountpoint, log: d.log, last: time.Now()}
 		for {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			if mounts, err := readMountsFrom(f); err == nil && !hasMount(mounts, d.mountID) {
+			if mounts, err := readMountsFrom(f); err == nil && !hasMount(mounts, m) {
 				return
 			}
+			h.check(time.Now())
 			fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLPRI}}
 			unix.Poll(fds, 1000)
 		}

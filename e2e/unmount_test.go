@@ -142,3 +142,34 @@ func TestBusyUnmountOnSIGTERM(t *testing.T) {
 		t.Errorf("a write acknowledged before SIGTERM is %q on the source", b)
 	}
 }
+
+func TestAutoRemount(t *testing.T) {
+	e := newEnv(t)
+	e.start("-o", "auto_remount")
+	pid := e.pid()
+	os.WriteFile(filepath.Join(e.src, "f"), []byte("still here"), 0o644)
+	if err := os.WriteFile(abortFile(t, e.mnt), []byte("1"), 0o200); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel may give the new mount the old one's id and device number:
+	// the daemon's word is what tells them apart.
+	eventually(t, "a fresh mount", func() bool { return strings.Contains(e.log(), "msg=remounted") })
+	if !mounted(e.mnt) {
+		t.Fatal("remounted, says the log, but nothing is mounted")
+	}
+	if b, err := os.ReadFile(filepath.Join(e.mnt, "f")); err != nil || string(b) != "still here" {
+		t.Errorf("after the remount: %q, %v", b, err)
+	}
+	if e.pid() != pid || syscall.Kill(pid, 0) != nil {
+		t.Errorf("the daemon changed: pid %d, was %d", e.pid(), pid)
+	}
+	if strings.Count(mountTable(t), " "+e.mnt+" ") != 1 {
+		t.Errorf("the dead mount was not detached:\n%s", mountTable(t))
+	}
+
+	// An unmount by the operator still means stop.
+	if out, err := exec.Command("fusermount3", "-u", e.mnt).CombinedOutput(); err != nil {
+		t.Fatalf("fusermount3 -u: %v: %s", err, out)
+	}
+	e.stopped(pid)
+}
