@@ -260,3 +260,33 @@ func TestNotifySocket(t *testing.T) {
 		t.Error("still mounted")
 	}
 }
+
+// TestMountCommand mounts with mount(8) itself, which finds mirrorfs on
+// the system's PATH only: the binary under test is linked into
+// /usr/local/bin for the test, unless a mirrorfs is installed there.
+func TestMountCommand(t *testing.T) {
+	e := newEnv(t)
+	const installed = "/usr/local/bin/mirrorfs"
+	if _, err := os.Lstat(installed); err == nil {
+		t.Skipf("%s exists; not replacing an installed mirrorfs", installed)
+	}
+	if err := os.Symlink(bin, installed); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(installed) })
+	os.WriteFile(filepath.Join(e.src, "f"), []byte("mount -t"), 0o644)
+	out, err := exec.Command("mount", "-t", "fuse.mirrorfs", e.src, e.mnt, "-o",
+		"ro,nofail,pidfile="+e.pidf+",log="+e.logf).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mount -t fuse.mirrorfs: %v: %s", err, out)
+	}
+	pid := e.pid()
+	e.pids = append(e.pids, pid)
+	if b, _ := os.ReadFile(filepath.Join(e.mnt, "f")); string(b) != "mount -t" {
+		t.Errorf("mirror shows %q", b)
+	}
+	if out, err := exec.Command("umount", e.mnt).CombinedOutput(); err != nil {
+		t.Fatalf("umount: %v: %s", err, out)
+	}
+	e.stopped(pid)
+}
