@@ -12,8 +12,13 @@ build: ## build ./mirrorfs
 	CGO_ENABLED=1 $(GO) build -ldflags '$(LDFLAGS)' -o mirrorfs .
 
 .PHONY: test
+# The e2e tests that run again against a daemon built with -race; a race
+# report lands in the daemon's log, which the tests check.
+RACE_TESTS := TestStopSignals|TestSIGHUPStorm|TestExternalUnmount|TestAutoRemount|TestDifferential|TestPolicyHide
+
 test: lint ## lint, unit and end-to-end tests (needs root, /dev/fuse and fuse3)
 	$(GO) test -count=1 -timeout 15m ./...
+	MIRRORFS_RACE=1 $(GO) test -count=1 -timeout 10m -run '$(RACE_TESTS)' ./e2e/
 
 .PHONY: unit
 unit: ## unit tests only (no FUSE needed)
