@@ -28,6 +28,14 @@ unit: ## unit tests only (no FUSE needed)
 e2e: ## end-to-end tests only
 	$(GO) test -count=1 -timeout 15m -v ./e2e/
 
+ROUNDS ?= 50
+DIFF_OPS ?= 20000
+
+.PHONY: torture
+torture: ## lifecycle faults ROUNDS times each, differential test with DIFF_OPS per worker
+	MIRRORFS_TORTURE_ROUNDS=$(ROUNDS) MIRRORFS_DIFF_OPS=$(DIFF_OPS) $(GO) test -count=1 -timeout 0 -v \
+		-run 'Torture|Differential' ./e2e/ 2>&1 | tee torture.log | grep -E '^(---|===|ok|FAIL|PASS)|torture:|differential:'
+
 .PHONY: demo
 demo: build ## mount a demo mirror of ./demo/src at ./demo/mnt
 	mkdir -p demo/src demo/mnt
