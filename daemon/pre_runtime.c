@@ -173,6 +173,7 @@ struct waiter {
 	pid_t daemon;    /* from "start", 0 before */
 	long long deadline;
 	int stopping;    /* we asked the daemon to go; any answer is a failure */
+	int failed;      /* exit code from "err", once it came; 0 before */
 	char buf[4096];
 	size_t len;
 };
@@ -207,10 +208,14 @@ static int handle_line(struct waiter *w, char *line)
 		return 0;
 	}
 	if (strncmp(line, "err ", 4) == 0) {
+		/* Print it now, exit once the daemon is gone (end of file): a
+		 * failed start leaves no process behind when the prompt returns. */
 		char *text = NULL;
 		long code = strtol(line + 4, &text, 10);
 		dprintf(STDERR_FILENO, "%s\n", text && *text == ' ' ? text + 1 : line);
-		return code > 0 && code < 126 ? (int)code : 1;
+		w->failed = code > 0 && code < 126 ? (int)code : 1;
+		w->deadline = now_ms() + STOP_GRACE_MS;
+		return -1;
 	}
 	return -1;
 }
@@ -246,6 +251,8 @@ static int wait_for_daemon(struct waiter *w)
 		if (interrupted && !w->stopping)
 			stop_daemon(w, "interrupted");
 		long long left = w->deadline - now_ms();
+		if (left <= 0 && w->failed)
+			return w->failed; /* it said why; do not wait forever for its exit */
 		if (left <= 0 && w->stopping) {
 			kill(w->daemon > 0 ? w->daemon : -w->group, SIGKILL);
 			dprintf(STDERR_FILENO, "mirrorfs: the daemon did not stop; killed it\n");
@@ -261,9 +268,13 @@ static int wait_for_daemon(struct waiter *w)
 			continue; /* EINTR or deadline: the loop head decides */
 		int rc = read_lines(w);
 		if (rc == -2) {
+			if (w->stopping && interrupted)
+				return 128 + interrupted;
+			if (w->failed)
+				return w->failed;
 			if (!w->stopping)
 				dprintf(STDERR_FILENO, "mirrorfs: the daemon exited before it was ready (see its log)\n");
-			return w->stopping && interrupted ? 128 + interrupted : 1;
+			return 1;
 		}
 		if (rc >= 0)
 			return w->stopping && interrupted ? 128 + interrupted : rc;

@@ -73,8 +73,9 @@ func (r *reporter) fail(err error) int {
 		fmt.Fprintln(r.stderr, msg)
 		return code
 	}
+	// The pipe stays open until the process exits: the waiting process
+	// returns only then, so that no daemon outlives a failed start.
 	fmt.Fprintf(r.pipe, "err %d %s\n", code, msg)
-	r.close()
 	return code
 }
 

@@ -2,10 +2,13 @@ package fs
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // The operations that change the mirror. Each checks the policy first:
@@ -66,6 +69,9 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 		return nil, nil, 0, errno
 	}
 	inode, fh, fuseFlags, errno := n.LoopbackNode.Create(ctx, name, flags, mode, out)
+	if errno == 0 {
+		n.settle(name, mode, false, &out.Attr)
+	}
 	setEntryTimeouts(n.m.policy.Load(), out)
 	return inode, fh, fuseFlags, errno
 }
@@ -76,7 +82,11 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if errno := n.guardNew(name); errno != 0 {
 		return nil, errno
 	}
-	return n.LoopbackNode.Mkdir(ctx, name, mode, out)
+	inode, errno := n.LoopbackNode.Mkdir(ctx, name, mode, out)
+	if errno == 0 {
+		n.settle(name, mode, true, &out.Attr)
+	}
+	return inode, errno
 }
 
 var _ = (gofs.NodeMknoder)((*node)(nil))
@@ -85,7 +95,11 @@ func (n *node) Mknod(ctx context.Context, name string, mode, dev uint32, out *fu
 	if errno := n.guardNew(name); errno != 0 {
 		return nil, errno
 	}
-	return n.LoopbackNode.Mknod(ctx, name, mode, dev, out)
+	inode, errno := n.LoopbackNode.Mknod(ctx, name, mode, dev, out)
+	if errno == 0 {
+		n.settle(name, mode, false, &out.Attr)
+	}
+	return inode, errno
 }
 
 var _ = (gofs.NodeSymlinker)((*node)(nil))
@@ -94,7 +108,39 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	if errno := n.guardNew(name); errno != 0 {
 		return nil, errno
 	}
-	return n.LoopbackNode.Symlink(ctx, target, name, out)
+	inode, errno := n.LoopbackNode.Symlink(ctx, target, name, out)
+	if errno == 0 {
+		n.settle(name, 0, false, &out.Attr)
+	}
+	return inode, errno
+}
+
+// settle gives a new entry what the same call gives on a plain directory.
+// go-fuse's loopback, running as root, chowns a new entry to the caller;
+// that chown clears setuid and setgid, and it overrides the group a setgid
+// directory hands down. settle restores both.
+func (n *node) settle(name string, mode uint32, isDir bool, out *fuse.Attr) {
+	if os.Geteuid() != 0 {
+		return
+	}
+	dir := filepath.Join(n.RootData.Path, n.Path(nil))
+	p := filepath.Join(dir, name)
+	var parent unix.Stat_t
+	inherit := unix.Stat(dir, &parent) == nil && parent.Mode&unix.S_ISGID != 0
+	if inherit && unix.Lchown(p, -1, int(parent.Gid)) == nil {
+		out.Gid = parent.Gid
+	}
+	special := mode & (unix.S_ISUID | unix.S_ISGID | unix.S_ISVTX)
+	if special == 0 || mode&unix.S_IFMT == unix.S_IFLNK {
+		return
+	}
+	perm := mode & 0o7777
+	if isDir && inherit {
+		perm |= unix.S_ISGID // a directory keeps the setgid it inherits
+	}
+	if unix.Fchmodat(unix.AT_FDCWD, p, perm, 0) == nil {
+		out.Mode = out.Mode&unix.S_IFMT | perm
+	}
 }
 
 var _ = (gofs.NodeLinker)((*node)(nil))

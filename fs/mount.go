@@ -125,8 +125,10 @@ func (o Options) gofsOptions(b *backing) *gofs.Options {
 		kernel = append(kernel, "default_permissions")
 	}
 	return &gofs.Options{
-		EntryTimeout:    &entry,
-		AttrTimeout:     &attr,
+		EntryTimeout: &entry,
+		AttrTimeout:  &attr,
+		// Mode 0 is a mode like any other: show it, do not make it 0644.
+		NullPermissions: true,
 		ServerCallbacks: b,
 		Logger:          slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn),
 		MountOptions: fuse.MountOptions{

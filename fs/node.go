@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"path"
+	"path/filepath"
 	"sync/atomic"
 	"syscall"
 
@@ -83,14 +84,20 @@ func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 
 var _ = (gofs.NodeOpendirHandler)((*node)(nil))
 
-// OpendirHandle filters listings: go-fuse uses the directory handle, not
-// Readdir, when a node has one.
+// OpendirHandle opens the directory for listing. go-fuse uses this handle,
+// not Readdir, when a node has one: it is where hidden names are filtered.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	fh, fuseFlags, errno := n.LoopbackNode.OpendirHandle(ctx, flags)
-	if errno != 0 || !n.m.policy.Load().Hides() {
-		return fh, fuseFlags, errno
+	p := filepath.Join(n.RootData.Path, n.Path(nil))
+	fd, err := syscall.Open(p, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, 0, gofs.ToErrno(err)
 	}
-	return &hidingDir{dir: fh.(dirHandle), n: n}, fuseFlags, 0
+	ds, errno := gofs.NewLoopbackDirStreamFd(fd)
+	if errno != 0 {
+		syscall.Close(fd)
+		return nil, 0, errno
+	}
+	return &dir{ds: ds.(dirStream), n: n, fd: fd}, 0, 0
 }
 
 var _ = (gofs.NodeReaddirer)((*node)(nil))
@@ -116,21 +123,22 @@ func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	}
 }
 
-// dirHandle is what go-fuse's loopback directory handle provides.
-type dirHandle interface {
+// dirStream is what go-fuse's loopback directory stream provides.
+type dirStream interface {
 	gofs.FileReaddirenter
 	gofs.FileSeekdirer
 	gofs.FileReleasedirer
 	gofs.FileFsyncdirer
 }
 
-// hidingDir is a directory handle that skips hidden entries.
-type hidingDir struct {
-	dir dirHandle
-	n   *node
+// dir is an open directory of the mirror; it skips hidden entries.
+type dir struct {
+	ds dirStream
+	n  *node
+	fd int
 }
 
-func (d *hidingDir) hidden(e *fuse.DirEntry) bool {
+func (d *dir) hidden(e *fuse.DirEntry) bool {
 	p := d.n.m.policy.Load()
 	if !d.n.mayHide(p, e.Name) {
 		return false
@@ -139,21 +147,35 @@ func (d *hidingDir) hidden(e *fuse.DirEntry) bool {
 	return p.Hidden(d.n.childRel(p, e.Name), e.Name, unknownType || isDirMode(e.Mode))
 }
 
-func (d *hidingDir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+func (d *dir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
 	for {
-		e, errno := d.dir.Readdirent(ctx)
+		e, errno := d.ds.Readdirent(ctx)
 		if e == nil || errno != 0 || !d.hidden(e) {
 			return e, errno
 		}
 	}
 }
 
-func (d *hidingDir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
-	return d.dir.Seekdir(ctx, off)
+func (d *dir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	return d.ds.Seekdir(ctx, off)
 }
 
-func (d *hidingDir) Releasedir(ctx context.Context, flags uint32) { d.dir.Releasedir(ctx, flags) }
+func (d *dir) Releasedir(ctx context.Context, flags uint32) { d.ds.Releasedir(ctx, flags) }
 
-func (d *hidingDir) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
-	return d.dir.Fsyncdir(ctx, flags)
+var _ = (gofs.FileGetattrer)((*dir)(nil))
+
+// Getattr answers a stat of the directory from its open descriptor: go-fuse
+// passes an open handle along, and so a removed but open directory can be
+// stat'ed, as on a plain file system.
+func (d *dir) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(d.fd, &st); err != nil {
+		return gofs.ToErrno(err)
+	}
+	out.FromStat(&st)
+	return 0
+}
+
+func (d *dir) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	return d.ds.Fsyncdir(ctx, flags)
 }
