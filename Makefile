@@ -16,9 +16,19 @@ build: ## build ./mirrorfs
 # report lands in the daemon's log, which the tests check.
 RACE_TESTS := TestStopSignals|TestSIGHUPStorm|TestExternalUnmount|TestAutoRemount|TestDifferential|TestPolicyHide
 
-test: lint ## lint, unit and end-to-end tests (needs root, /dev/fuse and fuse3)
+test: lint ## lint, unit, fuzz (briefly) and end-to-end tests (needs root, /dev/fuse and fuse3)
 	$(GO) test -count=1 -timeout 15m ./...
 	MIRRORFS_RACE=1 $(GO) test -count=1 -timeout 10m -run '$(RACE_TESTS)' ./e2e/
+	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+
+FUZZTIME ?= 1m
+
+.PHONY: fuzz
+fuzz: ## run each fuzz target for FUZZTIME (seed corpora: f.Add and testdata/fuzz)
+	$(GO) test -run '^$$' -fuzz '^FuzzGate$$' -fuzztime $(FUZZTIME) ./daemon/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseMountinfo$$' -fuzztime $(FUZZTIME) ./daemon/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./policy/
+	$(GO) test -run '^$$' -fuzz '^FuzzHidden$$' -fuzztime $(FUZZTIME) ./policy/
 
 .PHONY: unit
 unit: ## unit tests only (no FUSE needed)
