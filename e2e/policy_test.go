@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"mirrorfs/daemon"
 )
 
@@ -295,4 +297,42 @@ func workerStep(mnt string, w, i int) []error {
 	errs = append(errs, os.WriteFile(hidden, []byte("h"), 0o644))
 	_, err = os.Stat(own)
 	return append(errs, err, os.Remove(own))
+}
+
+// TestReadOnlyCoversIoctls: chattr needs only a read-only handle, and the
+// loopback would run it on the source as root.
+func TestReadOnlyCoversIoctls(t *testing.T) {
+	e := newEnv(t)
+	os.WriteFile(filepath.Join(e.src, "f"), []byte("x"), 0o644)
+	e.start("--config", e.writePolicy("read_only = true\n"))
+	f, err := os.Open(filepath.Join(e.mnt, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	flags, err := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		t.Errorf("FS_IOC_GETFLAGS under read_only: %v", err)
+	}
+	err = unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags|0x80)) // FS_NOATIME_FL
+	wantErrno(t, "FS_IOC_SETFLAGS under read_only", err, syscall.EROFS)
+}
+
+// TestRenameCannotUnhide: renaming a folder on the way to a path hidden by
+// an anchored pattern would show the hidden entry under a new path.
+func TestRenameCannotUnhide(t *testing.T) {
+	e := newEnv(t)
+	os.MkdirAll(filepath.Join(e.src, "etc", "secret"), 0o755)
+	os.WriteFile(filepath.Join(e.src, "etc", "secret", "a"), []byte("s"), 0o644)
+	os.Mkdir(filepath.Join(e.src, "other"), 0o755)
+	e.start("--config", e.writePolicy("hide = ['etc/secret']\n"))
+	m := func(name string) string { return filepath.Join(e.mnt, name) }
+	wantErrno(t, "rename etc", os.Rename(m("etc"), m("etc2")), syscall.EPERM)
+	wantErrno(t, "exchange other with etc", unix.Renameat2(unix.AT_FDCWD, m("other"), unix.AT_FDCWD, m("etc"), unix.RENAME_EXCHANGE), syscall.EPERM)
+	if _, err := os.ReadFile(m("etc2/secret/a")); err == nil {
+		t.Error("the hidden file is readable under a new path")
+	}
+	if err := os.Rename(m("other"), m("other2")); err != nil {
+		t.Errorf("renaming an unrelated folder: %v", err)
+	}
 }

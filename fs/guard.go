@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -118,27 +119,41 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 // settle gives a new entry what the same call gives on a plain directory.
 // go-fuse's loopback, running as root, chowns a new entry to the caller;
 // that chown clears setuid and setgid, and it overrides the group a setgid
-// directory hands down. settle restores both.
+// directory hands down. settle restores both, through a descriptor of the
+// very inode just created (O_PATH|O_NOFOLLOW, inode checked): a path could
+// have been swapped for a symlink meanwhile, and root must not follow it.
 func (n *node) settle(name string, mode uint32, isDir bool, out *fuse.Attr) {
+	special := mode & (unix.S_ISUID | unix.S_ISGID | unix.S_ISVTX)
 	if os.Geteuid() != 0 {
 		return
 	}
 	dir := filepath.Join(n.RootData.Path, n.Path(nil))
-	p := filepath.Join(dir, name)
 	var parent unix.Stat_t
 	inherit := unix.Stat(dir, &parent) == nil && parent.Mode&unix.S_ISGID != 0
-	if inherit && unix.Lchown(p, -1, int(parent.Gid)) == nil {
+	if !inherit && special == 0 {
+		return
+	}
+	fd, err := unix.Open(filepath.Join(dir, name), unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Ino != out.Ino {
+		return // not the entry we created
+	}
+	if inherit && unix.Fchownat(fd, "", -1, int(parent.Gid), unix.AT_EMPTY_PATH) == nil {
 		out.Gid = parent.Gid
 	}
-	special := mode & (unix.S_ISUID | unix.S_ISGID | unix.S_ISVTX)
-	if special == 0 || mode&unix.S_IFMT == unix.S_IFLNK {
+	if special == 0 || st.Mode&unix.S_IFMT == unix.S_IFLNK {
 		return
 	}
 	perm := mode & 0o7777
 	if isDir && inherit {
 		perm |= unix.S_ISGID // a directory keeps the setgid it inherits
 	}
-	if unix.Fchmodat(unix.AT_FDCWD, p, perm, 0) == nil {
+	// chmod has no AT_EMPTY_PATH; the descriptor's /proc link names the inode.
+	if unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), perm) == nil {
 		out.Mode = out.Mode&unix.S_IFMT | perm
 	}
 }
@@ -158,10 +173,17 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if errno := n.guardExisting(name); errno != 0 {
 		return errno
 	}
-	if np, ok := newParent.(*node); ok {
+	np, ok := newParent.(*node)
+	if ok {
 		if errno := np.guardNew(newName); errno != 0 {
 			return errno
 		}
+	}
+	// Moving a folder on the way to a path hidden by an anchored pattern
+	// would bring the hidden entry out under another path.
+	p := n.m.policy.Load()
+	if p.CoversBelow(n.childRel(p, name)) || ok && flags&unix.RENAME_EXCHANGE != 0 && p.CoversBelow(np.childRel(p, newName)) {
+		return syscall.EPERM
 	}
 	return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
 }
@@ -232,6 +254,32 @@ func (n *node) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn ui
 		return 0, errno
 	}
 	return n.LoopbackNode.CopyFileRange(ctx, fhIn, offIn, out, fhOut, offOut, length, flags)
+}
+
+var _ = (gofs.NodeIoctler)((*node)(nil))
+
+// readOnlyIoctls are the ioctls that only read; under read_only every other
+// one is refused, since the loopback would run it on the source as root
+// (chattr, for one, needs no more than a read-only handle).
+var readOnlyIoctls = map[uint32]bool{
+	unix.FS_IOC_GETFLAGS: true,
+	fsIocFsgetxattr:      true,
+	unix.TIOCINQ:         true, // FIONREAD
+}
+
+// fsIocFsgetxattr is FS_IOC_FSGETXATTR, _IOR('X', 31, struct fsxattr).
+const fsIocFsgetxattr = 0x801c581f
+
+func (n *node) Ioctl(ctx context.Context, f gofs.FileHandle, cmd uint32, arg uint64, input, output []byte) (int32, syscall.Errno) {
+	if !readOnlyIoctls[cmd] {
+		if errno := n.guardWrite(); errno != 0 {
+			return 0, errno
+		}
+	}
+	if fi, ok := f.(gofs.FileIoctler); ok {
+		return fi.Ioctl(ctx, cmd, arg, input, output)
+	}
+	return 0, syscall.ENOTTY
 }
 
 var _ = (gofs.NodeTmpfiler)((*node)(nil))

@@ -115,6 +115,26 @@ func (p *Policy) Hidden(rel, name string, isDir bool) bool {
 	return false
 }
 
+// CoversBelow says whether an anchored pattern could hide something below
+// rel: whether rel matches the leading components of such a pattern. Renaming
+// rel would move that hidden entry to a path the pattern does not name.
+func (p *Policy) CoversBelow(rel string) bool {
+	if !p.anchored || rel == "" {
+		return false
+	}
+	depth := strings.Count(rel, "/") + 1
+	for _, h := range p.Hide {
+		parts := strings.Split(h.glob, "/")
+		if !h.anchored || len(parts) <= depth {
+			continue
+		}
+		if ok, _ := path.Match(strings.Join(parts[:depth], "/"), rel); ok {
+			return true
+		}
+	}
+	return false
+}
+
 // HiddenAnyType says whether a name would be hidden as a file or as a
 // directory: for names that are about to be created, or whose type is not
 // known.
