@@ -55,8 +55,16 @@ func Main(args []string) int {
 	case cfg.Background() && !st.ran && os.Getenv("NOTIFY_SOCKET") == "":
 		return rep.fail(errNoStage)
 	}
-	rep.start(cfg.ReadyTimeout)
-	d, err := start(cfg, st, rep)
+	dir, err := st.workdir()
+	if err != nil {
+		return rep.fail(fmt.Errorf("current directory: %w", err))
+	}
+	logToFile := st.ran || cfg.Log != "" // before resolve fills in the default
+	if err := cfg.resolve(dir, os.Getenv); err != nil {
+		return rep.fail(err)
+	}
+	rep.start(cfg.ReadyTimeout, cfg.Log)
+	d, err := start(cfg, logToFile, st.ran, rep)
 	if err != nil {
 		return rep.fail(err)
 	}
@@ -77,25 +85,29 @@ type daemon struct {
 	level   slog.LevelVar
 	state   State
 
-	mu       sync.Mutex // guards mounting and stopSig against the early-stop goroutine
-	mounting bool       // the mount has begun: a stop waits for it to finish
-	stopSig  os.Signal  // a stop signal that arrived while mounting
+	mu         sync.Mutex // guards mounting and stopSig against the early-stop goroutine
+	mounting   bool       // the mount has begun: a stop waits for it to finish
+	stopSig    os.Signal  // a stop signal that arrived while mounting
+	hupPending bool       // a SIGHUP that arrived during the start
 }
 
 // start takes the daemon from a parsed command line to a live mount.
-func start(cfg *Config, st stage, rep *reporter) (*daemon, error) {
+func start(cfg *Config, logToFile, detached bool, rep *reporter) (*daemon, error) {
 	unix.Umask(0) // modes in the mirror are the callers'; ours are explicit
 	d := &daemon{cfg: cfg, signals: make(chan os.Signal, 8)}
 	signal.Notify(d.signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGHUP)
 	mountBegins := make(chan struct{})
+	var once sync.Once
+	endEarlyStops := func() { once.Do(func() { close(mountBegins) }) }
+	defer endEarlyStops()
 	go d.stopEarly(rep, mountBegins)
-	if err := d.prepare(st); err != nil {
+	if err := d.prepare(logToFile, detached); err != nil {
 		return nil, err
 	}
 	d.mu.Lock()
 	d.mounting = true
 	d.mu.Unlock()
-	close(mountBegins)
+	endEarlyStops()
 	if err := d.mount(); err != nil {
 		d.close("mount failed", err)
 		return nil, err
@@ -119,17 +131,9 @@ func start(cfg *Config, st stage, rep *reporter) (*daemon, error) {
 }
 
 // prepare validates, opens the log, takes the pidfile and clears a stale mount.
-func (d *daemon) prepare(st stage) error {
+func (d *daemon) prepare(logToFile, detached bool) error {
 	cfg := d.cfg
-	dir, err := st.workdir()
-	if err != nil {
-		return fmt.Errorf("current directory: %w", err)
-	}
-	logToFile := st.ran || cfg.Log != ""
-	if err := cfg.resolve(dir, os.Getenv); err != nil {
-		return err
-	}
-	if err := d.openLog(logToFile, st.ran); err != nil {
+	if err := d.openLog(logToFile, detached); err != nil {
 		return err
 	}
 	d.log.Info("starting", "version", Version, "pid", os.Getpid(), "args", os.Args[1:])
@@ -226,6 +230,9 @@ func (d *daemon) stopEarly(rep *reporter, mountBegins <-chan struct{}) {
 			return
 		case sig := <-d.signals:
 			if sig == syscall.SIGHUP {
+				d.mu.Lock()
+				d.hupPending = true // served once the mount is up
+				d.mu.Unlock()
 				continue
 			}
 			d.mu.Lock()
@@ -237,7 +244,11 @@ func (d *daemon) stopEarly(rep *reporter, mountBegins <-chan struct{}) {
 			if d.pidfile != nil {
 				d.pidfile.Release()
 			}
-			os.Exit(rep.fail(fmt.Errorf("stopped by %v before it was ready", sig)))
+			err := fmt.Errorf("stopped by %v before it was ready", sig)
+			if d.log != nil {
+				d.log.Error("exit", "err", err)
+			}
+			os.Exit(rep.fail(err))
 		}
 	}
 }
@@ -255,6 +266,7 @@ func (d *daemon) stoppedDuringStart() (os.Signal, bool) {
 			if sig != syscall.SIGHUP {
 				return sig, true
 			}
+			d.hupPending = true
 		default:
 			return nil, false
 		}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/gofrs/flock"
@@ -20,6 +21,7 @@ var ErrAlreadyRunning = errors.New("already running")
 type Pidfile struct {
 	path string
 	lock *flock.Flock
+	once sync.Once
 }
 
 // AcquirePidfile creates (or takes over) path, locks it without blocking and
@@ -84,9 +86,13 @@ func (p *Pidfile) Path() string { return p.path }
 
 // Release removes the pidfile, then drops the lock (in that order, so a new
 // daemon never locks a file that is about to vanish).
+// It is safe to call more than once: only the first call removes the file,
+// which after that could be a new daemon's.
 func (p *Pidfile) Release() {
-	os.Remove(p.path)
-	p.lock.Close()
+	p.once.Do(func() {
+		os.Remove(p.path)
+		p.lock.Close()
+	})
 }
 
 // readPid returns the pid recorded in path, or "unknown".
@@ -118,6 +124,8 @@ func checkPidfilePath(path string) error {
 		return fmt.Errorf("is not a regular file (%s)", fi.Mode().Type())
 	case fi.Mode().Perm()&0o022 != 0:
 		return fmt.Errorf("is writable by others (mode %04o); refusing it", fi.Mode().Perm())
+	case fi.Sys().(*syscall.Stat_t).Uid != uint32(os.Geteuid()):
+		return fmt.Errorf("belongs to uid %d, not to us; refusing it", fi.Sys().(*syscall.Stat_t).Uid)
 	}
 	return nil
 }

@@ -72,7 +72,11 @@ func TestPidfileRefusals(t *testing.T) {
 	shared := filepath.Join(dir, "shared")
 	os.Mkdir(shared, 0o777)
 	os.Chmod(shared, 0o777)
+	foreign := filepath.Join(dir, "foreign.pid")
+	os.WriteFile(foreign, nil, 0o644)
+	os.Chown(foreign, 65534, 65534)
 	for path, want := range map[string]string{
+		foreign:                        "belongs to uid 65534, not to us",
 		link:                           "is a symlink",
 		open:                           "is writable by others (mode 0666)",
 		filepath.Join(shared, "x.pid"): "writable by others (mode 0777)",

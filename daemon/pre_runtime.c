@@ -28,6 +28,10 @@
 
 #include "pre_runtime.h"
 
+#ifndef __GLIBC__
+#error "the pre-runtime stage needs glibc, which passes argc and argv to constructors"
+#endif
+
 /* How long the original process waits for the daemon's first word. Go's
  * start-up takes milliseconds; this only guards against a wedged child. */
 #define FIRST_WORD_MS 10000
@@ -169,6 +173,7 @@ static long long now_ms(void)
 /* The original process's view of the daemon while it waits. */
 struct waiter {
 	int fd;
+	char log[PATH_MAX]; /* the daemon's log, from "start" */
 	pid_t group;     /* the daemon's process group: the child's pid */
 	pid_t daemon;    /* from "start", 0 before */
 	long long deadline;
@@ -194,10 +199,12 @@ static int handle_line(struct waiter *w, char *line)
 {
 	if (strncmp(line, "start ", 6) == 0) {
 		long long timeout_ms = 0;
-		int pid = 0;
-		if (sscanf(line + 6, "%d %lld", &pid, &timeout_ms) == 2 && !w->stopping) {
+		int pid = 0, end = 0;
+		if (sscanf(line + 6, "%d %lld %n", &pid, &timeout_ms, &end) >= 2 && !w->stopping) {
 			w->daemon = pid;
 			w->deadline = now_ms() + timeout_ms;
+			if (end > 0)
+				snprintf(w->log, sizeof w->log, "%s", line + 6 + end);
 		}
 		return -1;
 	}
@@ -255,7 +262,8 @@ static int wait_for_daemon(struct waiter *w)
 			return w->failed; /* it said why; do not wait forever for its exit */
 		if (left <= 0 && w->stopping) {
 			kill(w->daemon > 0 ? w->daemon : -w->group, SIGKILL);
-			dprintf(STDERR_FILENO, "mirrorfs: the daemon did not stop; killed it\n");
+			dprintf(STDERR_FILENO, "mirrorfs: the daemon (pid %d) did not stop; killed it; a dead mount it left is recovered by the next start (log %s)\n",
+				w->daemon > 0 ? w->daemon : w->group, *w->log ? w->log : "unknown");
 			return 1;
 		}
 		if (left <= 0) {
@@ -273,12 +281,37 @@ static int wait_for_daemon(struct waiter *w)
 			if (w->failed)
 				return w->failed;
 			if (!w->stopping)
-				dprintf(STDERR_FILENO, "mirrorfs: the daemon exited before it was ready (see its log)\n");
+				dprintf(STDERR_FILENO, "mirrorfs: the daemon exited before it was ready (see its log: %s)\n",
+					*w->log ? w->log : "none yet");
 			return 1;
 		}
 		if (rc >= 0)
 			return w->stopping && interrupted ? 128 + interrupted : rc;
 	}
+}
+
+/* close_from closes fds lo..hi; close_range needs Linux 5.9, so older
+ * kernels get a loop. */
+static void close_from(unsigned lo, unsigned hi)
+{
+	if (close_range(lo, hi, 0) == 0)
+		return;
+	long max = sysconf(_SC_OPEN_MAX);
+	if (max < 0 || max > 1 << 20)
+		max = 1 << 20;
+	for (unsigned fd = lo; fd <= hi && fd < (unsigned)max; fd++)
+		close((int)fd);
+}
+
+/* open_stdio makes sure fds 0-2 are open, so that the status pipe cannot
+ * land on them (and be overwritten by the /dev/null dup2s). */
+static void open_stdio(void)
+{
+	int fd;
+	while ((fd = open("/dev/null", O_RDWR)) >= 0 && fd <= 2)
+		;
+	if (fd > 2)
+		close(fd);
 }
 
 static void become_daemon(int rfd, int wfd)
@@ -303,10 +336,9 @@ static void become_daemon(int rfd, int wfd)
 	if (null > 2)
 		close(null);
 	/* Whatever else the caller left open is not ours to keep. */
-	if (wfd > 3 && close_range(3, (unsigned)wfd - 1, 0) < 0)
-		bail(wfd, "close_range");
-	if (close_range((unsigned)wfd + 1, ~0U, 0) < 0)
-		bail(wfd, "close_range");
+	if (wfd > 3)
+		close_from(3, (unsigned)wfd - 1);
+	close_from((unsigned)wfd + 1, ~0U);
 	status_fd = wfd;
 	stage_ran = 1;
 }
@@ -317,6 +349,7 @@ void mfs_pre_runtime(int argc, char *argv[])
 		return;
 	if (!getcwd(orig_cwd, sizeof orig_cwd))
 		bail(-1, "cannot read the current directory");
+	open_stdio();
 	int fds[2];
 	if (pipe2(fds, O_CLOEXEC) < 0)
 		bail(-1, "status pipe");

@@ -45,10 +45,11 @@ func newReporter(s stage) *reporter {
 	return r
 }
 
-// start tells the waiting process our pid and how long to wait for us.
-func (r *reporter) start(readyTimeout time.Duration) {
+// start tells the waiting process our pid, how long to wait for us and
+// where our log is.
+func (r *reporter) start(readyTimeout time.Duration, log string) {
 	if r.pipe != nil {
-		fmt.Fprintf(r.pipe, "start %d %d\n", os.Getpid(), readyTimeout.Milliseconds())
+		fmt.Fprintf(r.pipe, "start %d %d %s\n", os.Getpid(), readyTimeout.Milliseconds(), log)
 	}
 }
 

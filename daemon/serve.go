@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,6 +18,12 @@ import (
 // (the connection aborted while the mount stays in the mount table) is
 // followed by a fresh mount; an unmount always means stop.
 func (d *daemon) serve() {
+	d.mu.Lock()
+	hup := d.hupPending
+	d.mu.Unlock()
+	if hup {
+		d.reload() // a SIGHUP that came during the start: logrotate may wait on it
+	}
 	for {
 		aborted := d.serveSession()
 		if !aborted || !d.cfg.AutoRemount || !d.remount() {
@@ -131,11 +138,18 @@ func (d *daemon) sleepUnlessStopped(wait time.Duration) bool {
 }
 
 // unmountWithin unmounts, retrying while the mount is busy until timeout,
-// then detaches lazily so that the mountpoint is free whatever happens.
+// then detaches lazily so that the mountpoint is free whatever happens. It
+// returns within timeout plus a short grace, even when the session
+// outlives the unmount (a copy of the mount in another mount namespace).
 func (d *daemon) unmountWithin(timeout time.Duration, served <-chan struct{}) {
 	deadline := time.Now().Add(timeout)
 	for {
-		err := d.mirror.Unmount()
+		err, done := d.unmountBy(deadline)
+		if !done {
+			d.log.Warn("the FUSE session outlives the unmount (is the mount also in another mount namespace?); aborting it")
+			d.abortConnection()
+			return
+		}
 		if err == nil {
 			d.log.Info("unmounted", "mountpoint", d.cfg.Mountpoint)
 			return
@@ -150,7 +164,42 @@ func (d *daemon) unmountWithin(timeout time.Duration, served <-chan struct{}) {
 		d.log.Error("detach", "err", err)
 		return
 	}
-	d.log.Info("detached; files still open through it see ENOTCONN from now", "mountpoint", d.cfg.Mountpoint)
+	d.log.Info("detached lazily", "mountpoint", d.cfg.Mountpoint)
+	// Let requests in flight finish; files still open see ENOTCONN after.
+	d.waitServed(served, detachGrace)
+}
+
+// detachGrace is how long a stop waits after a lazy detach.
+const detachGrace = time.Second
+
+// unmountBy runs go-fuse's Unmount, which waits without bound for the
+// session to end after a successful umount; done is false if it did not
+// return by deadline (plus a grace).
+func (d *daemon) unmountBy(deadline time.Time) (err error, done bool) {
+	result := make(chan error, 1)
+	go func() { result <- d.mirror.Unmount() }()
+	select {
+	case err := <-result:
+		return err, true
+	case <-time.After(time.Until(deadline) + detachGrace):
+		return nil, false
+	}
+}
+
+// abortConnection ends our FUSE connection through fusectl, so that a
+// session kept alive elsewhere cannot keep the daemon.
+func (d *daemon) abortConnection() {
+	_, minor, ok := strings.Cut(d.mounted.Dev, ":")
+	if !ok {
+		return
+	}
+	const ctl = "/sys/fs/fuse/connections"
+	if _, err := os.Stat(ctl + "/" + minor); err != nil {
+		unix.Mount("fusectl", ctl, "fusectl", 0, "")
+	}
+	if err := os.WriteFile(ctl+"/"+minor+"/abort", []byte("1"), 0); err != nil {
+		d.log.Error("abort the FUSE connection", "err", err)
+	}
 }
 
 // unmount is the quick unmount of a start that went wrong.

@@ -65,6 +65,10 @@ func within(path, dir string) bool {
 
 // checkMountpointDir checks an unmounted mountpoint is a folder.
 func checkMountpointDir(mnt string) error {
+	if fi, err := os.Lstat(mnt); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		target, _ := os.Readlink(mnt)
+		return fmt.Errorf("mountpoint %s is a symlink (to %s); give the directory itself", mnt, target)
+	}
 	fi, err := os.Stat(mnt)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):

@@ -50,6 +50,16 @@ func TestBadInput(t *testing.T) {
 		}, 1, "mirrorfs: mountpoint {dir}/no/mnt does not exist"},
 		{"mountpoint is a file", func(e *env) []string { os.Remove(e.mnt); os.WriteFile(e.mnt, nil, 0o644); return e.args() },
 			1, "mirrorfs: mountpoint {dir}/mnt is not a directory"},
+		{"mountpoint is a symlink", func(e *env) []string {
+			os.Symlink(e.mnt, filepath.Join(e.dir, "link"))
+			return []string{e.src, filepath.Join(e.dir, "link"), "--pidfile", e.pidf, "--log", e.logf}
+		}, 1, "mirrorfs: mountpoint {dir}/link is a symlink (to {dir}/mnt); give the directory itself"},
+		{"pidfile owned by another user", func(e *env) []string {
+			os.MkdirAll(filepath.Dir(e.pidf), 0o755)
+			os.WriteFile(e.pidf, nil, 0o644)
+			os.Chown(e.pidf, nobody, nobody)
+			return e.args()
+		}, 1, "mirrorfs: pidfile {dir}/run/mirrorfs.pid: belongs to uid 65534, not to us; refusing it"},
 		{"mountpoint is the source", func(e *env) []string {
 			return []string{e.src, e.src + "/.", "--pidfile", e.pidf, "--log", e.logf}
 		}, 1, "mirrorfs: mountpoint {dir}/src is the source itself"},
@@ -110,7 +120,7 @@ func TestBadInput(t *testing.T) {
 			if m, ok := mountAt(e.mnt); ok && m.FSType != "tmpfs" {
 				t.Errorf("%s left mounted: %+v", e.mnt, m)
 			}
-			if exists(e.pidf) && tc.name != "pidfile writable by others" && tc.name != "pidfile is a symlink" {
+			if exists(e.pidf) && !strings.HasPrefix(tc.name, "pidfile ") {
 				t.Errorf("pidfile %s left behind", e.pidf)
 			}
 			if pids := daemonsFor(t, e.dir); len(pids) > 0 {

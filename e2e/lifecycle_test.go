@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -242,4 +243,54 @@ func TestPassthroughState(t *testing.T) {
 	if !strings.Contains(r.stdout, "passthrough off (-o nopassthrough))") {
 		t.Errorf("-o nopassthrough: %q", r.stdout)
 	}
+}
+
+// TestClosedStdio: started with stdin, stdout and stderr closed, the status
+// pipe must not land on fds 0-2.
+func TestClosedStdio(t *testing.T) {
+	e := newEnv(t)
+	cmd := exec.Command("sh", "-c", `"$0" "$@" <&- >&- 2>&-`, bin)
+	cmd.Args = append(cmd.Args, e.args()...)
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("start with stdio closed: %v", err)
+	}
+	e.pids = append(e.pids, e.pid())
+	if !mounted(e.mnt) || !strings.Contains(e.log(), "msg=ready") {
+		t.Fatal("not mounted and ready")
+	}
+	if strings.Contains(e.log(), "ok mirrorfs:") {
+		t.Error("the status protocol leaked into the log")
+	}
+}
+
+// TestStopWithTheMountInAnotherNamespace: a copy of the mount in another
+// mount namespace keeps the FUSE session alive after our unmount; the stop
+// must not wait for it forever.
+func TestStopWithTheMountInAnotherNamespace(t *testing.T) {
+	e := newEnv(t)
+	e.start("--unmount-timeout", "300ms")
+	pid := e.pid()
+	holder := exec.Command("unshare", "--mount", "--propagation", "private", "sleep", "60")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { holder.Process.Kill(); holder.Wait() }()
+	eventually(t, "the copy in the other namespace", func() bool {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", holder.Process.Pid))
+		return strings.Contains(string(b), " "+e.mnt+" ") && strings.Contains(mustRead(fmt.Sprintf("/proc/%d/comm", holder.Process.Pid)), "sleep")
+	})
+	began := time.Now()
+	syscall.Kill(pid, syscall.SIGTERM)
+	e.stopped(pid)
+	if took := time.Since(began); took > 5*time.Second {
+		t.Errorf("stop took %v", took)
+	}
+	if !strings.Contains(e.log(), "outlives the unmount") {
+		t.Errorf("log:\n%s", e.log())
+	}
+}
+
+func mustRead(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
 }
