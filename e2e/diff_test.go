@@ -286,7 +286,9 @@ func (s *side) apply(o op) string {
 		unix.Lstat(p, &after)
 		switch o.flags {
 		case 0:
-			return fmt.Sprintf("ok atime=%d.%d mtime=%d.%d", after.Atim.Sec, after.Atim.Nsec, after.Mtim.Sec, after.Mtim.Nsec)
+			// atime is not compared: resolving a path through a symlink
+			// reads it, and a read moves atime on either tree.
+			return fmt.Sprintf("ok mtime=%d.%d", after.Mtim.Sec, after.Mtim.Nsec)
 		case 2:
 			return fmt.Sprintf("ok mtime-kept=%v", after.Mtim == before.Mtim)
 		}
