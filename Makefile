@@ -3,6 +3,8 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X mirrorfs/daemon.Version=$(VERSION)
 GO      ?= go
 
+.DEFAULT_GOAL := build
+
 .PHONY: help
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -19,12 +21,12 @@ RACE_TESTS := TestStopSignals|TestSIGHUPStorm|TestExternalUnmount|TestAutoRemoun
 test: lint ## lint, unit, fuzz (briefly) and end-to-end tests (needs root, /dev/fuse and fuse3)
 	$(GO) test -count=1 -timeout 15m ./...
 	MIRRORFS_RACE=1 $(GO) test -count=1 -timeout 10m -run '$(RACE_TESTS)' ./e2e/
-	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+	$(MAKE) --no-print-directory fuzz FUZZTIME=30000x
 
 FUZZTIME ?= 1m
 
 .PHONY: fuzz
-fuzz: ## run each fuzz target for FUZZTIME (seed corpora: f.Add and testdata/fuzz)
+fuzz: ## run each fuzz target for FUZZTIME (a duration, or Nx runs; seeds: f.Add and testdata/fuzz)
 	$(GO) test -run '^$$' -fuzz '^FuzzGate$$' -fuzztime $(FUZZTIME) ./daemon/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseMountinfo$$' -fuzztime $(FUZZTIME) ./daemon/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./policy/

@@ -113,13 +113,17 @@ func (c *Config) option(arg string, rest []string) (int, error) {
 	if !ok {
 		return 0, usagef("unknown option %q", arg)
 	}
-	if attached {
-		return 0, set(c, value)
+	used := 0
+	if !attached {
+		if len(rest) == 0 {
+			return 0, usagef("option %s needs a value", name)
+		}
+		value, used = rest[0], 1
 	}
-	if len(rest) == 0 {
+	if value == "" {
 		return 0, usagef("option %s needs a value", name)
 	}
-	return 1, set(c, rest[0])
+	return used, set(c, value)
 }
 
 // splitOption splits --name=value and -oVALUE.
@@ -156,7 +160,7 @@ func (c *Config) setMountOptions(list string) error {
 }
 
 func (c *Config) setMountOption(opt string) error {
-	key, value, hasValue := strings.Cut(opt, "=")
+	key, value, _ := strings.Cut(opt, "=")
 	switch {
 	case opt == "ro", opt == "rw":
 		c.ReadOnly = opt == "ro" // the last one wins, as with mount(8)
@@ -168,13 +172,13 @@ func (c *Config) setMountOption(opt string) error {
 		c.NoPassthrough = true
 	case opt == "auto_remount":
 		c.AutoRemount = true
-	case key == "fsname" && hasValue && value != "":
+	case key == "fsname" && value != "":
 		c.FsName = value
-	case key == "pidfile" && hasValue:
+	case key == "pidfile" && value != "":
 		c.Pidfile = value
-	case key == "log" && hasValue:
+	case key == "log" && value != "":
 		c.Log = value
-	case key == "config" && hasValue:
+	case key == "config" && value != "":
 		c.ConfigFile = value
 	case kernelMountFlags[opt]:
 		c.KernelFlags = append(c.KernelFlags, opt)

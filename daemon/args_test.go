@@ -77,6 +77,9 @@ func TestParseArgsErrors(t *testing.T) {
 		{[]string{"a", "b", "-o", "ro,bogus"}, `unknown mount option "bogus"`},
 		{[]string{"a", "b", "-o", "fsname="}, `unknown mount option "fsname="`},
 		{[]string{"a", "b", "-o"}, "option -o needs a value"},
+		{[]string{"--check-config", "", "a", "b"}, "option --check-config needs a value"},
+		{[]string{"--pidfile=", "a", "b"}, "option --pidfile needs a value"},
+		{[]string{"a", "b", "-o", "config="}, `unknown mount option "config="`},
 		{[]string{"--ready-timeout", "soon", "a", "b"}, `--ready-timeout: "soon" is not a positive duration (e.g. 30s)`},
 		{[]string{"--unmount-timeout=-1s", "a", "b"}, `--unmount-timeout: "-1s" is not a positive duration (e.g. 30s)`},
 	}

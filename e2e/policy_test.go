@@ -237,6 +237,8 @@ func TestSIGHUPStorm(t *testing.T) {
 	policies := []string{"read_only = false\n", "read_only = true\nhide = ['hidden*']\n", "hide = ['*.tmp', 'hidden*']\n"}
 	e.start("--config", e.writePolicy(policies[0]))
 	pid := e.pid()
+	stopClients := clients(t, e.mnt, 2) // load from other processes too
+	defer stopClients()
 
 	stop := make(chan struct{})
 	var ops, unexpected atomic.Int64
