@@ -57,7 +57,7 @@ func Decode(name string, b []byte) (*Policy, error) {
 	dec := toml.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
-		return nil, decodeError(name, err)
+		return nil, decodeError(name, b, err)
 	}
 	p := &Policy{ReadOnly: f.ReadOnly, Hide: f.Hide, EntryTimeout: f.EntryTimeout.Duration,
 		AttrTimeout: f.AttrTimeout.Duration, LogLevel: f.LogLevel.Level}
@@ -66,30 +66,48 @@ func Decode(name string, b []byte) (*Policy, error) {
 }
 
 // decodeError turns go-toml's errors into "FILE:LINE: key K: what".
-func decodeError(name string, err error) error {
+func decodeError(name string, src []byte, err error) error {
 	var strict *toml.StrictMissingError
 	if errors.As(err, &strict) && len(strict.Errors) > 0 {
 		var lines []string
 		for i := range strict.Errors {
-			lines = append(lines, located(name, &strict.Errors[i], "unknown key"))
+			lines = append(lines, located(name, src, &strict.Errors[i], "unknown key"))
 		}
 		return errors.New(strings.Join(lines, "; "))
 	}
 	var de *toml.DecodeError
 	if errors.As(err, &de) {
-		return errors.New(located(name, de, ""))
+		return errors.New(located(name, src, de, ""))
 	}
 	return fmt.Errorf("%s: %w", name, err)
 }
 
-func located(name string, de *toml.DecodeError, what string) string {
+func located(name string, src []byte, de *toml.DecodeError, what string) string {
 	row, _ := de.Position()
 	msg := strings.TrimPrefix(de.Error(), "toml: ")
 	if what != "" {
 		msg = what
 	}
-	if key := strings.Join(de.Key(), "."); key != "" {
+	key := strings.Join(de.Key(), ".")
+	if key == "" {
+		key = keyOnLine(src, row) // a syntax error: the parser knows no key yet
+	}
+	if key != "" {
 		return fmt.Sprintf("%s:%d: key %q: %s", name, row, key, msg)
 	}
 	return fmt.Sprintf("%s:%d: %s", name, row, msg)
+}
+
+// keyOnLine is the key of a "key = value" line, or "".
+func keyOnLine(src []byte, row int) string {
+	lines := strings.Split(string(src), "\n")
+	if row < 1 || row > len(lines) {
+		return ""
+	}
+	key, _, ok := strings.Cut(lines[row-1], "=")
+	key = strings.TrimSpace(key)
+	if !ok || key == "" || strings.ContainsAny(key, "[]\"' ") {
+		return ""
+	}
+	return key
 }

@@ -107,7 +107,8 @@ func TestDecodeErrorsNameFileLineKey(t *testing.T) {
 		{"\n\nentry_timeout = 'soon'\n", `p.toml:3: key "entry_timeout": "soon" is not a duration like "1s" or "250ms"`},
 		{"attr_timeout = '-1s'\n", `p.toml:1: key "attr_timeout": "-1s" is not a duration`},
 		{"log_level = 'loud'\n", `p.toml:1: key "log_level": "loud" is not a log level (debug, info, warn, error)`},
-		{"read_only = \n", `p.toml:1: `},
+		{"read_only = \n", `p.toml:1: key "read_only": `},
+		{"\nread_only = maybe\n", `p.toml:2: key "read_only": unexpected character`},
 		{"[hide]\nx = 1\n", `p.toml:2: key "hide.x": unknown key`},
 	}
 	for _, tt := range tests {
