@@ -48,6 +48,15 @@ torture: ## lifecycle faults ROUNDS times each, differential test with DIFF_OPS 
 	MIRRORFS_TORTURE_ROUNDS=$(ROUNDS) MIRRORFS_DIFF_OPS=$(DIFF_OPS) $(GO) test -count=1 -timeout 0 -v \
 		-run 'Torture|Differential' ./e2e/ 2>&1 | tee torture.log | grep -E '^(---|===|ok|FAIL|PASS)|torture:|differential:'
 
+BENCH_ROUNDS ?= 3
+BENCH_FLAGS ?=
+
+.PHONY: bench
+bench: build ## mirrorfs side by side with the plain folder and bindfs (installs fio, bindfs)
+	@command -v fio >/dev/null && command -v bindfs >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio bindfs >/dev/null; }
+	$(GO) run ./bench -rounds $(BENCH_ROUNDS) -mirrorfs ./mirrorfs -out bench/results/last.md $(BENCH_FLAGS)
+
 .PHONY: demo
 demo: build ## mount a demo mirror of ./demo/src at ./demo/mnt
 	mkdir -p demo/src demo/mnt

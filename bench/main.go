@@ -1,0 +1,68 @@
+// Command bench measures mirrorfs side by side with the plain directory and
+// with bindfs (and mergerfs, when installed): the same workloads, interleaved
+// across targets, several rounds; it reports medians with min-max and ratios.
+// It needs root, fio and bindfs (make bench installs them).
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+var (
+	rounds   = flag.Int("rounds", 3, "rounds of every workload on every target")
+	quick    = flag.Bool("quick", false, "small sizes and short runs, to check the harness")
+	out      = flag.String("out", "bench/results/last.md", "where to write the table")
+	mirrorfs = flag.String("mirrorfs", "./mirrorfs", "the mirrorfs binary")
+	work     = flag.String("dir", "/var/tmp/mirrorfs-bench", "scratch folder on a disk file system")
+)
+
+func main() {
+	flag.Parse()
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root (it mounts, and drops the page cache for cold runs)")
+	}
+	for _, tool := range []string{"fio", "bindfs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is not installed (make bench installs it)", tool)
+		}
+	}
+	s, err := newSetup(*work, *quick)
+	if err != nil {
+		return err
+	}
+	defer s.teardown()
+	res := newResults()
+	for r := 0; r < *rounds; r++ {
+		fmt.Fprintf(os.Stderr, "round %d/%d\n", r+1, *rounds)
+		if err := s.round(r, res); err != nil {
+			return err
+		}
+	}
+	table := res.markdown(s.targetNames(), machine())
+	fmt.Print(table)
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(*out, []byte(table), 0o644)
+}
+
+// machine describes where the numbers come from.
+func machine() string {
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return fmt.Sprintf("%s, %d cores, Linux %s, %s", time.Now().UTC().Format("2006-01-02"),
+		runtime.NumCPU(), strings.TrimSpace(string(kernel)), runtime.Version())
+}

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// target is one way of serving a source folder: plain (the folder itself),
+// mirrorfs with and without passthrough, bindfs, mergerfs.
+type target struct {
+	name  string
+	start func(src, mnt string, id string) (pid int, err error) // nil: the plain folder
+}
+
+func targets(mirrorfs, work string) []target {
+	ts := []target{
+		{name: "plain"},
+		{name: "mirrorfs", start: mirrorfsStarter(mirrorfs, work)},
+		{name: "mirrorfs nopassthrough", start: mirrorfsStarter(mirrorfs, work, "-o", "nopassthrough")},
+		{name: "bindfs", start: helperStarter("bindfs")},
+	}
+	if _, err := exec.LookPath("mergerfs"); err == nil {
+		ts = append(ts, target{name: "mergerfs", start: helperStarter("mergerfs")})
+	}
+	return ts
+}
+
+func mirrorfsStarter(bin, work string, extra ...string) func(src, mnt, id string) (int, error) {
+	return func(src, mnt, id string) (int, error) {
+		pidf := filepath.Join(work, "run", id+".pid")
+		args := append([]string{src, mnt, "--pidfile", pidf, "--log", filepath.Join(work, "log", id+".log")}, extra...)
+		if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("mirrorfs %v: %v: %s", args, err, out)
+		}
+		b, err := os.ReadFile(pidf)
+		if err != nil {
+			return 0, err
+		}
+		return strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+}
+
+// helperStarter starts a FUSE daemon that detaches once mounted (libfuse).
+func helperStarter(name string) func(src, mnt, id string) (int, error) {
+	return func(src, mnt, id string) (int, error) {
+		if out, err := exec.Command(name, src, mnt).CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("%s: %v: %s", name, err, out)
+		}
+		return findProcess(name, mnt)
+	}
+}
+
+// findProcess finds the process whose command line is name ... mnt.
+func findProcess(name, mnt string) (int, error) {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) > 0 && filepath.Base(args[0]) == name && args[len(args)-1] == mnt {
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("no %s process for %s", name, mnt)
+}
+
+// mount is a target serving one source.
+type mount struct {
+	t   target
+	dir string // where workloads run
+	pid int    // the daemon, 0 for plain
+}
+
+func (m mount) stop() (time.Duration, error) {
+	if m.pid == 0 {
+		return 0, nil
+	}
+	began := time.Now()
+	if err := syscall.Kill(m.pid, syscall.SIGTERM); err != nil {
+		return 0, err
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for alive(m.pid) || mountedAt(m.dir) {
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("%s (pid %d) did not stop", m.t.name, m.pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return time.Since(began), nil
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	return !strings.HasPrefix(s[strings.LastIndexByte(s, ')')+1:], " Z")
+}
+
+func mountedAt(dir string) bool {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	return strings.Contains(string(b), " "+dir+" ")
+}
+
+// rssMiB is the resident set of pid.
+func rssMiB(pid int) float64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			kb, _ := strconv.Atoi(strings.Fields(line)[1])
+			return float64(kb) / 1024
+		}
+	}
+	return 0
+}
+
+func dropCaches() {
+	syscall.Sync()
+	os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200)
+}

@@ -1,0 +1,204 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+type workload struct {
+	name  string
+	tmpfs bool // runs on the tmpfs source
+	run   func(m mount, res *results) error
+}
+
+func (s *setup) workloads() []workload {
+	z := s.size
+	return []workload{
+		{name: "sequential read", run: func(m mount, res *results) error {
+			dropCaches()
+			readAll(filepath.Join(s.ext4, "seq.dat")) // the source is cached; the mirror is measured
+			r, err := fio(m.dir, "seq.dat", "--rw=read", "--bs=1M", fmt.Sprintf("--size=%d", z.seq))
+			res.add("sequential read 1M blocks", "MB/s", false, m.t.name, r.Read.BW/1e6)
+			return err
+		}},
+		{name: "sequential write", run: func(m mount, res *results) error {
+			defer os.Remove(filepath.Join(m.dir, "write.dat"))
+			r, err := fio(m.dir, "write.dat", "--rw=write", "--bs=1M", fmt.Sprintf("--size=%d", z.seq), "--end_fsync=1")
+			res.add("sequential write 1M blocks + fsync", "MB/s", false, m.t.name, r.Write.BW/1e6)
+			return err
+		}},
+		{name: "cold random read", run: func(m mount, res *results) error {
+			dropCaches()
+			r, err := fio(m.dir, "cold.dat", "--rw=randread", "--bs=4k", fmt.Sprintf("--size=%d", z.cold),
+				"--time_based", "--runtime="+z.randTime)
+			res.add("random read 4K, cold", "IOPS", false, m.t.name, r.Read.IOPS)
+			return err
+		}},
+		{name: "warm random read", run: func(m mount, res *results) error {
+			readAll(filepath.Join(m.dir, "warm.dat"))
+			r, err := fio(m.dir, "warm.dat", "--rw=randread", "--bs=4k", fmt.Sprintf("--size=%d", z.warm),
+				"--time_based", "--runtime="+z.randTime)
+			res.add("random read 4K, warm: latency", "µs", true, m.t.name, r.Read.Clat.Mean/1e3)
+			return err
+		}},
+		{name: "metadata ext4", run: func(m mount, res *results) error {
+			return metadata(m, res, "metadata, ext4 source", z.files, 1)
+		}},
+		{name: "metadata tmpfs", tmpfs: true, run: func(m mount, res *results) error {
+			return metadata(m, res, "metadata, tmpfs source", z.files, 1)
+		}},
+		{name: "metadata tmpfs, 2 clients", tmpfs: true, run: func(m mount, res *results) error {
+			return metadata(m, res, "metadata, tmpfs source, 2 clients", z.files, 2)
+		}},
+		{name: "find + stat", run: func(m mount, res *results) error {
+			dropCaches()
+			dir := filepath.Join(m.dir, "tree")
+			res.add("find + stat, cold", "entries/s", false, m.t.name, walk(dir))
+			res.add("find + stat, cached", "entries/s", false, m.t.name, walk(dir))
+			return nil
+		}},
+	}
+}
+
+type fioResult struct {
+	Read, Write struct {
+		BW   float64 `json:"bw_bytes"`
+		IOPS float64 `json:"iops"`
+		Clat struct {
+			Mean float64 `json:"mean"`
+		} `json:"clat_ns"`
+	}
+}
+
+func fio(dir, file string, args ...string) (fioResult, error) {
+	args = append([]string{"--name=bench", "--filename=" + filepath.Join(dir, file), "--ioengine=psync",
+		"--output-format=json", "--invalidate=0"}, args...)
+	out, err := exec.Command("fio", args...).Output()
+	if err != nil {
+		return fioResult{}, fmt.Errorf("fio %v: %w", args, err)
+	}
+	var parsed struct{ Jobs []fioResult }
+	if err := json.Unmarshal(out, &parsed); err != nil || len(parsed.Jobs) == 0 {
+		return fioResult{}, fmt.Errorf("fio output: %v", err)
+	}
+	return parsed.Jobs[0], nil
+}
+
+// metadata creates (and writes 64 bytes to), stats, lists and removes n
+// files per client, and records files per second for the whole cycle.
+func metadata(m mount, res *results, name string, n, clients int) error {
+	var wg sync.WaitGroup
+	errs := make([]error, clients)
+	began := time.Now()
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[c] = metadataCycle(filepath.Join(m.dir, fmt.Sprintf("meta%d", c)), n)
+		}()
+	}
+	wg.Wait()
+	res.add(name, "files/s", false, m.t.name, float64(n*clients)/time.Since(began).Seconds())
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func metadataCycle(dir string, n int) error {
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	payload := make([]byte, 64)
+	for i := 0; i < n; i++ {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprint(i)), payload, 0o644); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < n; i++ {
+		if _, err := os.Stat(filepath.Join(dir, fmt.Sprint(i))); err != nil {
+			return err
+		}
+	}
+	if ents, err := os.ReadDir(dir); err != nil || len(ents) != n {
+		return fmt.Errorf("readdir: %d entries, %v", len(ents), err)
+	}
+	for i := 0; i < n; i++ {
+		if err := os.Remove(filepath.Join(dir, fmt.Sprint(i))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// walk lstats every entry below dir and returns entries per second.
+func walk(dir string) float64 {
+	began, n := time.Now(), 0
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil {
+			_, err = d.Info()
+			n++
+		}
+		return err
+	})
+	return float64(n) / time.Since(began).Seconds()
+}
+
+func readAll(path string) {
+	if f, err := os.Open(path); err == nil {
+		io.Copy(io.Discard, f)
+		f.Close()
+	}
+}
+
+// fillFile writes size bytes of pseudo-random data, once.
+func fillFile(path string, size int64) error {
+	if fi, err := os.Stat(path); err == nil && fi.Size() == size {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i*7 + i>>8)
+	}
+	for written := int64(0); written < size; written += int64(len(buf)) {
+		if _, err := f.Write(buf[:min(int64(len(buf)), size-written)]); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
+}
+
+// makeTree makes n entries: folders of 100 small files.
+func makeTree(dir string, n int) error {
+	if _, err := os.Stat(filepath.Join(dir, ".done")); err == nil {
+		return nil
+	}
+	os.RemoveAll(dir)
+	for i := 0; i < n; i++ {
+		sub := filepath.Join(dir, fmt.Sprintf("d%03d", i/100))
+		if i%100 == 0 {
+			if err := os.MkdirAll(sub, 0o755); err != nil {
+				return err
+			}
+		}
+		if err := os.WriteFile(filepath.Join(sub, fmt.Sprint(i)), []byte("x"), 0o644); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(filepath.Join(dir, ".done"), nil, 0o644)
+}
