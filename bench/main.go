@@ -21,6 +21,7 @@ var (
 	out      = flag.String("out", "bench/results/last.md", "where to write the table")
 	mirrorfs = flag.String("mirrorfs", "./mirrorfs", "the mirrorfs binary")
 	work     = flag.String("dir", "/var/tmp/mirrorfs-bench", "scratch folder on a disk file system")
+	only     = flag.String("only", "", "run only the workloads whose name contains this")
 )
 
 func main() {

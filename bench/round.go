@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -124,6 +125,9 @@ func (s *setup) round(r int, res *results) error {
 		return err
 	}
 	for _, w := range s.workloads() {
+		if !strings.Contains(w.name, *only) {
+			continue
+		}
 		mounts := ext4
 		if w.tmpfs {
 			mounts = tmpfs

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"time"
@@ -121,6 +122,7 @@ func start(cfg *Config, logToFile, detached bool, rep *reporter) (*daemon, error
 	msg := fmt.Sprintf("mirrorfs: mounted %s at %s (pid %d, log %s, passthrough %s)",
 		cfg.Source, cfg.Mountpoint, os.Getpid(), d.logName(), d.mirror.Passthrough())
 	d.setLogLevel(d.policy)
+	d.startProfile()
 	d.state = State{Pid: os.Getpid(), Source: cfg.Source, Mountpoint: cfg.Mountpoint, Config: cfg.ConfigFile, Started: time.Now().UTC()}
 	d.writeState()
 	d.log.Info("ready", "source", cfg.Source, "mountpoint", cfg.Mountpoint, "passthrough", d.mirror.Passthrough(),
@@ -220,6 +222,22 @@ func (d *daemon) mount() error {
 	return nil
 }
 
+// startProfile writes a CPU profile of the daemon's life to the file named
+// by MIRRORFS_CPUPROFILE (for finding where the time goes under load).
+func (d *daemon) startProfile() {
+	path := os.Getenv("MIRRORFS_CPUPROFILE")
+	if path == "" {
+		return
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		d.log.Error("cpu profile", "err", err)
+	}
+}
+
 // stopEarly ends the process at once on a stop signal that comes before the
 // mount begins: a start stuck on a hung path must not outlive its caller.
 // There is nothing to undo yet but the pidfile.
@@ -282,6 +300,7 @@ func (d *daemon) close(why string, err error) {
 	if err != nil {
 		d.log.Error(why, "err", err)
 	}
+	pprof.StopCPUProfile()
 	d.log.Info("exit", "pid", os.Getpid())
 	sd.SdNotify(false, sd.SdNotifyStopping)
 	if d.logFile != nil {
