@@ -26,7 +26,7 @@ type setup struct {
 
 func newSetup(work string, quick bool) (*setup, error) {
 	s := &setup{work: work, ext4: filepath.Join(work, "src-ext4"), tmpfs: filepath.Join(work, "src-tmpfs")}
-	s.size = sizes{seq: 1 << 30, cold: 2 << 30, warm: 256 << 20, files: 10000, tree: 20000, randTime: "10s"}
+	s.size = sizes{seq: 1 << 30, cold: 8 << 30, warm: 256 << 20, files: 10000, tree: 20000, randTime: "10s"}
 	if quick {
 		s.size = sizes{seq: 64 << 20, cold: 64 << 20, warm: 16 << 20, files: 500, tree: 1000, randTime: "1s"}
 	}

@@ -86,7 +86,7 @@ type daemon struct {
 	level   slog.LevelVar
 	state   State
 
-	mu         sync.Mutex // guards mounting and stopSig against the early-stop goroutine
+	mu         sync.Mutex // guards log (while set), pidfile, mounting, stopSig, hupPending during the start
 	mounting   bool       // the mount has begun: a stop waits for it to finish
 	stopSig    os.Signal  // a stop signal that arrived while mounting
 	hupPending bool       // a SIGHUP that arrived during the start
@@ -172,7 +172,10 @@ func (d *daemon) openLog(toFile, detached bool) error {
 		}
 		d.logFile, w = lf, lf
 	}
-	d.log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: &d.level}))
+	logger := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: &d.level}))
+	d.mu.Lock() // stopEarly may log from its goroutine
+	d.log = logger
+	d.mu.Unlock()
 	return nil
 }
 
