@@ -294,3 +294,23 @@ func mustRead(path string) string {
 	b, _ := os.ReadFile(path)
 	return string(b)
 }
+
+// TestBuiltWithoutTheStage: a binary built without cgo has no pre-runtime
+// stage; a background start must fail loudly, not run in the foreground.
+func TestBuiltWithoutTheStage(t *testing.T) {
+	e := newEnv(t)
+	nocgo := filepath.Join(e.dir, "mirrorfs-nocgo")
+	build := exec.Command("go", "build", "-o", nocgo, "..")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building without cgo: %v\n%s", err, out)
+	}
+	out, err := exec.Command(nocgo, e.args()...).CombinedOutput()
+	want := "mirrorfs: this binary was built without its pre-runtime stage (CGO_ENABLED=0?), so it cannot detach; rebuild with cgo, or run with -f\n"
+	if err == nil || string(out) != want {
+		t.Errorf("background start without the stage: %v, %q", err, out)
+	}
+	if mounted(e.mnt) {
+		t.Error("it mounted anyway")
+	}
+}
