@@ -23,9 +23,6 @@ import "C"
 
 import "unsafe"
 
-// stageBuilt says whether this binary carries the pre-runtime stage.
-const stageBuilt = true
-
 // readStage returns what the pre-runtime stage left for Go.
 func readStage() stage {
 	if C.mfs_stage_ran() == 0 {

@@ -6,8 +6,6 @@ package daemon
 // background start was asked for and refuses, rather than quietly staying in
 // the foreground.
 
-const stageBuilt = false
-
 func readStage() stage { return stage{} }
 
 func gate(argv []string, notifySocket string) bool { return false }
