@@ -23,6 +23,7 @@ func targets(mirrorfs, work string) []target {
 		{name: "plain"},
 		{name: "mirrorfs", start: mirrorfsStarter(mirrorfs, work)},
 		{name: "mirrorfs nopassthrough", start: mirrorfsStarter(mirrorfs, work, "-o", "nopassthrough")},
+		{name: "mirrorfs + 100 hide patterns", start: mirrorfsStarter(mirrorfs, work, "--config", policyFile(work))},
 		{name: "bindfs", start: helperStarter("bindfs")},
 	}
 	if _, err := exec.LookPath("mergerfs"); err == nil {
@@ -44,6 +45,21 @@ func mirrorfsStarter(bin, work string, extra ...string) func(src, mnt, id string
 		}
 		return strconv.Atoi(strings.TrimSpace(string(b)))
 	}
+}
+
+// policyFile writes a policy of 100 hide patterns that match nothing the
+// workloads touch, half by name and half by path: the cost of the policy.
+func policyFile(work string) string {
+	var b strings.Builder
+	b.WriteString("hide = [\n")
+	for i := 0; i < 50; i++ {
+		fmt.Fprintf(&b, "  \"*.secret%d\",\n  \"private%d/*/key\",\n", i, i)
+	}
+	b.WriteString("]\n")
+	path := filepath.Join(work, "policy-100.toml")
+	os.MkdirAll(work, 0o755)
+	os.WriteFile(path, []byte(b.String()), 0o644)
+	return path
 }
 
 // helperStarter starts a FUSE daemon that detaches once mounted (libfuse).

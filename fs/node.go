@@ -41,10 +41,14 @@ func (n *node) childRel(p *policy.Policy, name string) string {
 	return path.Join(n.Path(nil), name)
 }
 
-// mayHide says whether name in n could be hidden, whatever its type.
-func (n *node) mayHide(p *policy.Policy, name string) bool {
-	return p.Hides() && p.HiddenAnyType(n.childRel(p, name), name)
+// hidden says whether the entry name in n is hidden; the entry's path is
+// built only if an anchored pattern's last component matches the name.
+func (n *node) hidden(p *policy.Policy, name string, isDir bool) bool {
+	return p.Hides() && p.HiddenLazy(name, isDir, func() string { return path.Join(n.Path(nil), name) })
 }
+
+// mayHide says whether name in n could be hidden, whatever its type.
+func (n *node) mayHide(p *policy.Policy, name string) bool { return n.hidden(p, name, true) }
 
 func isDirMode(mode uint32) bool { return mode&syscall.S_IFMT == syscall.S_IFDIR }
 
@@ -65,7 +69,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	if errno != 0 {
 		return nil, errno
 	}
-	if n.mayHide(p, name) && p.Hidden(n.childRel(p, name), name, isDirMode(out.Attr.Mode)) {
+	if n.hidden(p, name, isDirMode(out.Attr.Mode)) {
 		return nil, syscall.ENOENT
 	}
 	setEntryTimeouts(p, out)
@@ -139,12 +143,8 @@ type dir struct {
 }
 
 func (d *dir) hidden(e *fuse.DirEntry) bool {
-	p := d.n.m.policy.Load()
-	if !d.n.mayHide(p, e.Name) {
-		return false
-	}
 	unknownType := e.Mode&syscall.S_IFMT == 0
-	return p.Hidden(d.n.childRel(p, e.Name), e.Name, unknownType || isDirMode(e.Mode))
+	return d.n.hidden(d.n.m.policy.Load(), e.Name, unknownType || isDirMode(e.Mode))
 }
 
 func (d *dir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {

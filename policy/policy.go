@@ -35,6 +35,48 @@ type Pattern struct {
 	glob     string
 	anchored bool
 	dirOnly  bool
+	name     matcher // the name (unanchored) or the last component (anchored)
+}
+
+// matcher matches one glob, taking the fast road for the common shapes:
+// a literal name, "*suffix" and "prefix*".
+type matcher struct {
+	kind int // literal, suffix, prefix or glob
+	lit  string
+	glob string
+}
+
+const (
+	matchLiteral = iota
+	matchSuffix
+	matchPrefix
+	matchGlob
+)
+
+func newMatcher(glob string) matcher {
+	const meta = `*?[\`
+	switch {
+	case !strings.ContainsAny(glob, meta):
+		return matcher{kind: matchLiteral, lit: glob}
+	case strings.HasPrefix(glob, "*") && !strings.ContainsAny(glob[1:], meta):
+		return matcher{kind: matchSuffix, lit: glob[1:]}
+	case strings.HasSuffix(glob, "*") && !strings.ContainsAny(glob[:len(glob)-1], meta):
+		return matcher{kind: matchPrefix, lit: glob[:len(glob)-1]}
+	}
+	return matcher{kind: matchGlob, glob: glob}
+}
+
+func (m matcher) match(s string) bool {
+	switch m.kind {
+	case matchLiteral:
+		return s == m.lit
+	case matchSuffix:
+		return strings.HasSuffix(s, m.lit)
+	case matchPrefix:
+		return strings.HasPrefix(s, m.lit)
+	}
+	ok, _ := path.Match(m.glob, s)
+	return ok
 }
 
 // ParsePattern checks and parses a hide pattern.
@@ -52,6 +94,7 @@ func ParsePattern(s string) (Pattern, error) {
 	if _, err := path.Match(p.glob, ""); err != nil {
 		return Pattern{}, fmt.Errorf("pattern %q: %w", s, err)
 	}
+	p.name = newMatcher(p.glob[strings.LastIndexByte(p.glob, '/')+1:])
 	return p, nil
 }
 
@@ -100,15 +143,20 @@ func (p *Policy) Hides() bool { return len(p.Hide) > 0 }
 // mirror's root, without a leading "/"; only needed when NeedsPath), is
 // hidden. isDir is whether it is a directory.
 func (p *Policy) Hidden(rel, name string, isDir bool) bool {
+	return p.HiddenLazy(name, isDir, func() string { return rel })
+}
+
+// HiddenLazy is Hidden for callers whose path costs something to build: rel
+// is called only when an anchored pattern's last component matches name.
+func (p *Policy) HiddenLazy(name string, isDir bool, rel func() string) bool {
 	for _, h := range p.Hide {
-		if h.dirOnly && !isDir {
+		if h.dirOnly && !isDir || !h.name.match(name) {
 			continue
 		}
-		subject := name
-		if h.anchored {
-			subject = rel
+		if !h.anchored {
+			return true
 		}
-		if ok, _ := path.Match(h.glob, subject); ok {
+		if ok, _ := path.Match(h.glob, rel()); ok {
 			return true
 		}
 	}
@@ -133,11 +181,4 @@ func (p *Policy) CoversBelow(rel string) bool {
 		}
 	}
 	return false
-}
-
-// HiddenAnyType says whether a name would be hidden as a file or as a
-// directory: for names that are about to be created, or whose type is not
-// known.
-func (p *Policy) HiddenAnyType(rel, name string) bool {
-	return p.Hidden(rel, name, true)
 }

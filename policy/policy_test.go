@@ -2,6 +2,7 @@ package policy
 
 import (
 	"log/slog"
+	"path"
 	"strings"
 	"testing"
 	"time"
@@ -152,6 +153,12 @@ func FuzzHidden(f *testing.F) {
 		}
 		pol := New(false, []Pattern{p})
 		name := rel[strings.LastIndexByte(rel, '/')+1:]
+		if !strings.Contains(pattern, "/") {
+			want, _ := path.Match(pattern, name)
+			if got := newMatcher(pattern).match(name); got != want {
+				t.Errorf("matcher(%q).match(%q) = %v, path.Match says %v", pattern, name, got, want)
+			}
+		}
 		if pol.Hidden(rel, name, isDir) && p.dirOnly && !isDir {
 			t.Errorf("directory-only pattern %q hid a file %q", pattern, rel)
 		}
