@@ -446,10 +446,8 @@ func TestDifferential(t *testing.T) {
 			}
 			t.Logf("differential: %s, seed %d, %d workers x %d operations", mode, seed, diffWorkers, n)
 			pid := e.pid()
-			unixKill(pid)
+			unix.Kill(pid, unix.SIGTERM)
 			e.stopped(pid)
 		})
 	}
 }
-
-func unixKill(pid int) { unix.Kill(pid, unix.SIGTERM) }

@@ -160,6 +160,17 @@ func (e *env) stopped(pid int) {
 	e.checkCleanLog()
 }
 
+// stopWithin sends SIGTERM and checks the daemon ended well within limit.
+func (e *env) stopWithin(pid int, limit time.Duration) {
+	e.t.Helper()
+	began := time.Now()
+	syscall.Kill(pid, syscall.SIGTERM)
+	e.stopped(pid)
+	if took := time.Since(began); took > limit {
+		e.t.Errorf("stop took %v, more than %v", took, limit)
+	}
+}
+
 type result struct {
 	code           int
 	stdout, stderr string
@@ -223,11 +234,6 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func waitMounted(t *testing.T, mnt string) {
 	t.Helper()
 	eventually(t, mnt+" to be mounted", func() bool { return mounted(mnt) })
-}
-
-func waitUnmounted(t *testing.T, mnt string) {
-	t.Helper()
-	eventually(t, mnt+" to be unmounted", func() bool { return !mounted(mnt) })
 }
 
 // waitExit reaps pid (a daemon adopted by this subreaper) and returns its

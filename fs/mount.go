@@ -83,9 +83,6 @@ func newRoot(source string, pol *policy.Policy) (*node, error) {
 	return n, nil
 }
 
-// Policy is the policy in force.
-func (m *Mirror) Policy() *policy.Policy { return m.root.m.policy.Load() }
-
 // SetPolicy swaps in p at once: each request sees the old policy or the new
 // one, never a mix. Names the kernel has cached that p hides are dropped from
 // its cache, so the very next lookup of them fails.

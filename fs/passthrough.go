@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -66,7 +67,7 @@ func (b *backing) set(state string, level slog.Level) {
 		return // off is final: go-fuse does not try again
 	}
 	b.state = state
-	b.log.Log(nil, level, "passthrough", "state", state)
+	b.log.Log(context.Background(), level, "passthrough", "state", state)
 }
 
 // State is "on", "off (why)" or "unknown (why)".
