@@ -2,9 +2,6 @@ package fs
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"path/filepath"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -60,7 +57,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 			return nil, 0, errno
 		}
 	}
-	return n.LoopbackNode.Open(ctx, flags)
+	return n.open(flags)
 }
 
 var _ = (gofs.NodeCreater)((*node)(nil))
@@ -69,10 +66,7 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 	if errno := n.guardNew(name); errno != 0 {
 		return nil, nil, 0, errno
 	}
-	inode, fh, fuseFlags, errno := n.LoopbackNode.Create(ctx, name, flags, mode, out)
-	if errno == 0 {
-		n.settle(name, mode, false, &out.Attr)
-	}
+	inode, fh, fuseFlags, errno := n.create(ctx, name, flags, mode, out)
 	setEntryTimeouts(n.m.policy.Load(), out)
 	return inode, fh, fuseFlags, errno
 }
@@ -83,11 +77,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if errno := n.guardNew(name); errno != 0 {
 		return nil, errno
 	}
-	inode, errno := n.LoopbackNode.Mkdir(ctx, name, mode, out)
-	if errno == 0 {
-		n.settle(name, mode, true, &out.Attr)
-	}
-	return inode, errno
+	return n.mkdir(ctx, name, mode, out)
 }
 
 var _ = (gofs.NodeMknoder)((*node)(nil))
@@ -96,11 +86,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode, dev uint32, out *fu
 	if errno := n.guardNew(name); errno != 0 {
 		return nil, errno
 	}
-	inode, errno := n.LoopbackNode.Mknod(ctx, name, mode, dev, out)
-	if errno == 0 {
-		n.settle(name, mode, false, &out.Attr)
-	}
-	return inode, errno
+	return n.mknod(ctx, name, mode, dev, out)
 }
 
 var _ = (gofs.NodeSymlinker)((*node)(nil))
@@ -109,53 +95,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	if errno := n.guardNew(name); errno != 0 {
 		return nil, errno
 	}
-	inode, errno := n.LoopbackNode.Symlink(ctx, target, name, out)
-	if errno == 0 {
-		n.settle(name, 0, false, &out.Attr)
-	}
-	return inode, errno
-}
-
-// settle gives a new entry what the same call gives on a plain directory.
-// go-fuse's loopback, running as root, chowns a new entry to the caller;
-// that chown clears setuid and setgid, and it overrides the group a setgid
-// directory hands down. settle restores both, through a descriptor of the
-// very inode just created (O_PATH|O_NOFOLLOW, inode checked): a path could
-// have been swapped for a symlink meanwhile, and root must not follow it.
-func (n *node) settle(name string, mode uint32, isDir bool, out *fuse.Attr) {
-	special := mode & (unix.S_ISUID | unix.S_ISGID | unix.S_ISVTX)
-	if os.Geteuid() != 0 {
-		return
-	}
-	dir := filepath.Join(n.RootData.Path, n.Path(nil))
-	var parent unix.Stat_t
-	inherit := unix.Stat(dir, &parent) == nil && parent.Mode&unix.S_ISGID != 0
-	if !inherit && special == 0 {
-		return
-	}
-	fd, err := unix.Open(filepath.Join(dir, name), unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || st.Ino != out.Ino {
-		return // not the entry we created
-	}
-	if inherit && unix.Fchownat(fd, "", -1, int(parent.Gid), unix.AT_EMPTY_PATH) == nil {
-		out.Gid = parent.Gid
-	}
-	if special == 0 || st.Mode&unix.S_IFMT == unix.S_IFLNK {
-		return
-	}
-	perm := mode & 0o7777
-	if isDir && inherit {
-		perm |= unix.S_ISGID // a directory keeps the setgid it inherits
-	}
-	// chmod has no AT_EMPTY_PATH; the descriptor's /proc link names the inode.
-	if unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), perm) == nil {
-		out.Mode = out.Mode&unix.S_IFMT | perm
-	}
+	return n.symlink(ctx, target, name, out)
 }
 
 var _ = (gofs.NodeLinker)((*node)(nil))
@@ -164,7 +104,11 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	if errno := n.guardNew(name); errno != 0 {
 		return nil, errno
 	}
-	return n.LoopbackNode.Link(ctx, target, name, out)
+	t, ok := target.(*node)
+	if !ok || t.m != n.m {
+		return nil, syscall.EXDEV
+	}
+	return n.link(ctx, t, name, out)
 }
 
 var _ = (gofs.NodeRenamer)((*node)(nil))
@@ -174,18 +118,19 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 		return errno
 	}
 	np, ok := newParent.(*node)
-	if ok {
-		if errno := np.guardNew(newName); errno != 0 {
-			return errno
-		}
+	if !ok || np.m != n.m {
+		return syscall.EXDEV
+	}
+	if errno := np.guardNew(newName); errno != 0 {
+		return errno
 	}
 	// Moving a folder on the way to a path hidden by an anchored pattern
 	// would bring the hidden entry out under another path.
 	p := n.m.policy.Load()
-	if p.CoversBelow(n.childRel(p, name)) || ok && flags&unix.RENAME_EXCHANGE != 0 && p.CoversBelow(np.childRel(p, newName)) {
+	if p.CoversBelow(n.childRel(p, name)) || flags&unix.RENAME_EXCHANGE != 0 && p.CoversBelow(np.childRel(p, newName)) {
 		return syscall.EPERM
 	}
-	return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
+	return n.rename(name, np, newName, flags)
 }
 
 var _ = (gofs.NodeUnlinker)((*node)(nil))
@@ -194,7 +139,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if errno := n.guardExisting(name); errno != 0 {
 		return errno
 	}
-	return n.LoopbackNode.Unlink(ctx, name)
+	return n.unlinkat(name, 0)
 }
 
 var _ = (gofs.NodeRmdirer)((*node)(nil))
@@ -203,7 +148,7 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if errno := n.guardExisting(name); errno != 0 {
 		return errno
 	}
-	return n.LoopbackNode.Rmdir(ctx, name)
+	return n.unlinkat(name, unix.AT_REMOVEDIR)
 }
 
 var _ = (gofs.NodeSetattrer)((*node)(nil))
@@ -212,7 +157,7 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	if errno := n.guardWrite(); errno != 0 {
 		return errno
 	}
-	return n.LoopbackNode.Setattr(ctx, f, in, out)
+	return n.setattr(ctx, f, in, out)
 }
 
 var _ = (gofs.NodeSetxattrer)((*node)(nil))
@@ -221,7 +166,7 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if errno := n.guardWrite(); errno != 0 {
 		return errno
 	}
-	return n.LoopbackNode.Setxattr(ctx, attr, data, flags)
+	return n.setxattr(attr, data, flags)
 }
 
 var _ = (gofs.NodeRemovexattrer)((*node)(nil))
@@ -230,7 +175,7 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if errno := n.guardWrite(); errno != 0 {
 		return errno
 	}
-	return n.LoopbackNode.Removexattr(ctx, attr)
+	return n.removexattr(attr)
 }
 
 var _ = (gofs.NodeAllocater)((*node)(nil))
@@ -253,7 +198,7 @@ func (n *node) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn ui
 	if errno := n.guardWrite(); errno != 0 {
 		return 0, errno
 	}
-	return n.LoopbackNode.CopyFileRange(ctx, fhIn, offIn, out, fhOut, offOut, length, flags)
+	return copyRange(fhIn, fhOut, offIn, offOut, length, flags)
 }
 
 var _ = (gofs.NodeIoctler)((*node)(nil))
@@ -288,5 +233,5 @@ func (n *node) Tmpfile(ctx context.Context, flags, mode uint32, out *fuse.EntryO
 	if errno := n.guardWrite(); errno != 0 {
 		return nil, nil, 0, errno
 	}
-	return n.LoopbackNode.Tmpfile(ctx, flags, mode, out)
+	return n.tmpfile(ctx, flags, mode, out)
 }

@@ -5,11 +5,12 @@ import (
 	"log/slog"
 	"os"
 	"path"
-	"syscall"
+	"sync"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"mirrorfs/policy"
 )
@@ -37,8 +38,9 @@ const (
 // Mirror is a mounted mirror.
 type Mirror struct {
 	*fuse.Server
-	backing *backing
-	root    *node
+	backing   *backing
+	root      *node
+	closeRoot sync.Once
 }
 
 // Passthrough is the passthrough state: "on", "off (why)" or "unknown (why)".
@@ -60,27 +62,41 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 	raw := gofs.NewNodeFS(root, opts)
 	srv, err := fuse.NewServer(&bridgeInit{raw, b}, mountpoint, &opts.MountOptions)
 	if err != nil {
+		unix.Close(root.m.rootFd)
 		return nil, err
 	}
 	go srv.Serve()
 	if err := srv.WaitMount(); err != nil {
 		srv.Unmount()
+		unix.Close(root.m.rootFd)
 		return nil, err
 	}
 	b.probe(o.Source)
 	return &Mirror{Server: srv, backing: b, root: root}, nil
 }
 
+// newRoot opens source, and holds it open: every operation of the mirror
+// is relative to this descriptor (at.go).
 func newRoot(source string, pol *policy.Policy) (*node, error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(source, &st); err != nil {
+	fd, err := unix.Open(source, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
 		return nil, fmt.Errorf("source %s: %w", source, err)
 	}
-	root := &gofs.LoopbackRoot{Path: source, Dev: uint64(st.Dev)}
-	n := &node{LoopbackNode: &gofs.LoopbackNode{RootData: root}, m: &shared{}}
+	var x unix.Statx_t
+	if errno := statxFd(fd, &x); errno != 0 {
+		unix.Close(fd)
+		return nil, fmt.Errorf("source %s: %w", source, errno)
+	}
+	n := &node{m: &shared{rootFd: fd, dev: unix.Mkdev(x.Dev_major, x.Dev_minor), euid: os.Geteuid()}}
+	n.m.root = &n.Inode
 	n.m.policy.Store(pol)
-	root.RootNode = n
 	return n, nil
+}
+
+// Wait returns when the mirror is unmounted, and lets go of SOURCE.
+func (m *Mirror) Wait() {
+	m.Server.Wait()
+	m.closeRoot.Do(func() { unix.Close(m.root.m.rootFd) })
 }
 
 // SetPolicy swaps in p at once: each request sees the old policy or the new

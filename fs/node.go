@@ -3,7 +3,6 @@ package fs
 import (
 	"context"
 	"path"
-	"path/filepath"
 	"sync/atomic"
 	"syscall"
 
@@ -16,20 +15,17 @@ import (
 // shared is what every node of one mirror refers to.
 type shared struct {
 	policy atomic.Pointer[policy.Policy] // swapped whole on reload; no lock on the hot path
+	rootFd int                           // SOURCE, O_PATH, held for the mirror's life
+	dev    uint64                        // SOURCE's device
+	euid   int
+	root   *gofs.Inode
 }
 
-// node is one file or directory of the mirror: go-fuse's LoopbackNode, with
-// the policy applied in front of the operations it governs.
+// node is one file or directory of the mirror: the loopback (loopback.go),
+// with the policy applied in front of the operations it governs.
 type node struct {
-	*gofs.LoopbackNode
+	gofs.Inode
 	m *shared
-}
-
-var _ = (gofs.NodeWrapChilder)((*node)(nil))
-
-// WrapChild makes every node the loopback creates one of ours.
-func (n *node) WrapChild(ctx context.Context, ops gofs.InodeEmbedder) gofs.InodeEmbedder {
-	return &node{LoopbackNode: ops.(*gofs.LoopbackNode), m: n.m}
 }
 
 // childRel is the path of the entry name in n, from the mirror's root; it
@@ -65,7 +61,7 @@ var _ = (gofs.NodeLookuper)((*node)(nil))
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	p := n.m.policy.Load()
-	child, errno := n.LoopbackNode.Lookup(ctx, name, out)
+	child, errno := n.lookup(ctx, name, out)
 	if errno != 0 {
 		return nil, errno
 	}
@@ -79,7 +75,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 var _ = (gofs.NodeGetattrer)((*node)(nil))
 
 func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	errno := n.LoopbackNode.Getattr(ctx, f, out)
+	errno := n.getattr(ctx, f, out)
 	if p := n.m.policy.Load(); errno == 0 && p.AttrTimeout > 0 {
 		out.SetTimeout(p.AttrTimeout)
 	}
@@ -91,10 +87,9 @@ var _ = (gofs.NodeOpendirHandler)((*node)(nil))
 // OpendirHandle opens the directory for listing. go-fuse uses this handle,
 // not Readdir, when a node has one: it is where hidden names are filtered.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	p := filepath.Join(n.RootData.Path, n.Path(nil))
-	fd, err := syscall.Open(p, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, 0, gofs.ToErrno(err)
+	fd, errno := n.openDir()
+	if errno != 0 {
+		return nil, 0, errno
 	}
 	ds, errno := gofs.NewLoopbackDirStreamFd(fd)
 	if errno != 0 {

@@ -1,0 +1,464 @@
+package fs
+
+import (
+	"context"
+	"strconv"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// The loopback: each operation on the source, through a loc. The policy
+// is applied in front of these, in node.go and guard.go.
+
+const statxMask = unix.STATX_BASIC_STATS | unix.STATX_BTIME
+
+// statx describes the entry at dir/path; flags as for statx(2).
+func statx(dir int, path string, flags int, x *unix.Statx_t) syscall.Errno {
+	return gofs.ToErrno(unix.Statx(dir, path, flags|unix.AT_STATX_SYNC_AS_STAT, statxMask, x))
+}
+
+func statxAt(l loc, x *unix.Statx_t) syscall.Errno {
+	return statx(l.dir, l.path, unix.AT_SYMLINK_NOFOLLOW, x)
+}
+
+func statxFd(fd int, x *unix.Statx_t) syscall.Errno {
+	return statx(fd, "", unix.AT_EMPTY_PATH, x)
+}
+
+func fillAttr(x *unix.Statx_t, a *fuse.Attr) {
+	a.Ino = x.Ino
+	a.Size = x.Size
+	a.Blocks = x.Blocks
+	a.Atime, a.Atimensec = uint64(x.Atime.Sec), x.Atime.Nsec
+	a.Mtime, a.Mtimensec = uint64(x.Mtime.Sec), x.Mtime.Nsec
+	a.Ctime, a.Ctimensec = uint64(x.Ctime.Sec), x.Ctime.Nsec
+	a.Mode = uint32(x.Mode)
+	a.Nlink = x.Nlink
+	a.Uid, a.Gid = x.Uid, x.Gid
+	a.Rdev = uint32(unix.Mkdev(x.Rdev_major, x.Rdev_minor))
+	a.Blksize = x.Blksize
+}
+
+// stableAttr is the node identity go-fuse keys inodes by: the inode number,
+// with the device mixed in when it is not SOURCE's, and the birth time as
+// generation, so that a reused inode number is a new node.
+func (m *shared) stableAttr(x *unix.Statx_t) gofs.StableAttr {
+	swap := func(d uint64) uint64 { return d<<32 | d>>32 }
+	gen := uint64(1)
+	if x.Mask&unix.STATX_BTIME != 0 && (x.Btime.Sec != 0 || x.Btime.Nsec != 0) {
+		gen = uint64(x.Btime.Sec)*1e9 + uint64(x.Btime.Nsec)
+	}
+	dev := unix.Mkdev(x.Dev_major, x.Dev_minor)
+	return gofs.StableAttr{Mode: uint32(x.Mode), Gen: gen, Ino: swap(dev) ^ swap(m.dev) ^ x.Ino}
+}
+
+func (n *node) newChild(ctx context.Context, x *unix.Statx_t, out *fuse.EntryOut) *gofs.Inode {
+	fillAttr(x, &out.Attr)
+	return n.NewInode(ctx, &node{m: n.m}, n.m.stableAttr(x))
+}
+
+func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	l, errno := n.locate(name)
+	if errno != 0 {
+		return nil, errno
+	}
+	defer l.done()
+	var x unix.Statx_t
+	if errno := statxAt(l, &x); errno != 0 {
+		return nil, errno
+	}
+	return n.newChild(ctx, &x, out), 0
+}
+
+func (n *node) getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if fg, ok := f.(gofs.FileGetattrer); ok {
+		return fg.Getattr(ctx, out)
+	}
+	l, errno := n.locate("")
+	if errno != 0 {
+		return errno
+	}
+	defer l.done()
+	var x unix.Statx_t
+	if errno := statxAt(l, &x); errno != 0 {
+		return errno
+	}
+	fillAttr(&x, &out.Attr)
+	return 0
+}
+
+// made finishes an entry that mk has just made at l: it gives the entry to
+// the caller and describes it; if that fails, the entry is removed again
+// (unlinkat with rm).
+func (n *node) made(ctx context.Context, name string, out *fuse.EntryOut, rm int, mk func(loc) error) (*gofs.Inode, syscall.Errno) {
+	l, errno := n.locate(name)
+	if errno != 0 {
+		return nil, errno
+	}
+	defer l.done()
+	if err := mk(l); err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	fd, err := unix.Openat(l.dir, l.path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		unix.Unlinkat(l.dir, l.path, rm)
+		return nil, gofs.ToErrno(err)
+	}
+	defer unix.Close(fd)
+	child, errno := n.adopt(ctx, fd, out)
+	if errno != 0 {
+		unix.Unlinkat(l.dir, l.path, rm)
+	}
+	return child, errno
+}
+
+// adopt gives the new entry fd of n to the caller and describes it.
+func (n *node) adopt(ctx context.Context, fd int, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	var x unix.Statx_t
+	if errno := statxFd(fd, &x); errno != 0 {
+		return nil, errno
+	}
+	if n.own(ctx, fd, &x) {
+		if errno := statxFd(fd, &x); errno != 0 {
+			return nil, errno
+		}
+	}
+	return n.newChild(ctx, &x, out), 0
+}
+
+// own gives the new entry fd of n, with its description x, to the caller,
+// as a plain directory would: the mirror, running as root, made it as root.
+// The group is the caller's, or n's when n is setgid (root's make gave it
+// that one). A chown by root clears setuid and setgid on a file; they are
+// set again on the same inode, through the descriptor's /proc link (chmod
+// has no AT_EMPTY_PATH). It says whether it changed anything.
+func (n *node) own(ctx context.Context, fd int, x *unix.Statx_t) bool {
+	caller, ok := fuse.FromContext(ctx)
+	if !ok || n.m.euid != 0 {
+		return false
+	}
+	uid, gid := caller.Uid, caller.Gid
+	if gid != x.Gid && n.setgid() {
+		gid = x.Gid
+	}
+	if uid == x.Uid && gid == x.Gid {
+		return false
+	}
+	if unix.Fchownat(fd, "", int(uid), int(gid), unix.AT_EMPTY_PATH) != nil {
+		return false
+	}
+	typ := uint32(x.Mode) & unix.S_IFMT
+	if x.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 && typ != unix.S_IFDIR && typ != unix.S_IFLNK {
+		unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), uint32(x.Mode)&0o7777)
+	}
+	return true
+}
+
+// setgid says whether n's folder hands its group down.
+func (n *node) setgid() bool {
+	l, errno := n.locate("")
+	if errno != 0 {
+		return false
+	}
+	defer l.done()
+	var x unix.Statx_t
+	return statxAt(l, &x) == 0 && x.Mode&unix.S_ISGID != 0
+}
+
+func (n *node) mknod(ctx context.Context, name string, mode, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return n.made(ctx, name, out, 0, func(l loc) error { return unix.Mknodat(l.dir, l.path, mode, int(dev)) })
+}
+
+func (n *node) mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return n.made(ctx, name, out, unix.AT_REMOVEDIR, func(l loc) error { return unix.Mkdirat(l.dir, l.path, mode) })
+}
+
+func (n *node) symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return n.made(ctx, name, out, 0, func(l loc) error { return unix.Symlinkat(target, l.dir, l.path) })
+}
+
+// create makes and opens a file. O_NOFOLLOW: the kernel asks only for a
+// name it found missing, and a symlink put there since is not followed.
+func (n *node) create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	return n.openNew(ctx, name, flags|unix.O_CREAT|unix.O_NOFOLLOW, mode, out)
+}
+
+// tmpfile makes an unnamed file in n.
+func (n *node) tmpfile(ctx context.Context, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	return n.openNew(ctx, "", flags|unix.O_TMPFILE, mode, out)
+}
+
+// openNew opens name in n with flags that make a new file.
+func (n *node) openNew(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	l, errno := n.locate(name)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	defer l.done()
+	flags &^= syscall.O_APPEND
+	fd, err := unix.Openat(l.dir, l.path, int(flags)|unix.O_CLOEXEC, mode)
+	if err != nil {
+		return nil, nil, 0, gofs.ToErrno(err)
+	}
+	child, errno := n.adopt(ctx, fd, out)
+	if errno != 0 {
+		unix.Close(fd)
+		return nil, nil, 0, errno
+	}
+	return child, gofs.NewLoopbackFile(fd), 0, 0
+}
+
+func (n *node) link(ctx context.Context, target *node, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if _, parent := target.Parent(); parent == nil {
+		// In no folder (an O_TMPFILE file): LINK brings no descriptor of
+		// it, and there is no path to link from.
+		return nil, syscall.EXDEV
+	}
+	from, errno := target.locate("")
+	if errno != 0 {
+		return nil, errno
+	}
+	defer from.done()
+	l, errno := n.locate(name)
+	if errno != 0 {
+		return nil, errno
+	}
+	defer l.done()
+	if err := unix.Linkat(from.dir, from.path, l.dir, l.path, 0); err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	var x unix.Statx_t
+	if errno := statxAt(l, &x); errno != 0 {
+		return nil, errno
+	}
+	return n.newChild(ctx, &x, out), 0
+}
+
+func (n *node) unlinkat(name string, flags int) syscall.Errno {
+	l, errno := n.locate(name)
+	if errno != 0 {
+		return errno
+	}
+	defer l.done()
+	return gofs.ToErrno(unix.Unlinkat(l.dir, l.path, flags))
+}
+
+func (n *node) rename(name string, to *node, newName string, flags uint32) syscall.Errno {
+	a, errno := n.locate(name)
+	if errno != 0 {
+		return errno
+	}
+	defer a.done()
+	b, errno := to.locate(newName)
+	if errno != 0 {
+		return errno
+	}
+	defer b.done()
+	return gofs.ToErrno(unix.Renameat2(a.dir, a.path, b.dir, b.path, uint(flags)))
+}
+
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	l, errno := n.locate("")
+	if errno != 0 {
+		return nil, errno
+	}
+	defer l.done()
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		got, err := unix.Readlinkat(l.dir, l.path, buf)
+		if err != nil {
+			return nil, gofs.ToErrno(err)
+		}
+		if got < size {
+			return buf[:got], 0
+		}
+	}
+}
+
+// open opens n's file. Its path is resolved without following any
+// symlink: a folder swapped for one on the source cannot lead elsewhere.
+func (n *node) open(flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	l, errno := n.locate("")
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	defer l.done()
+	flags &^= syscall.O_APPEND | fuse.FMODE_EXEC
+	how := unix.OpenHow{Flags: uint64(flags) | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS}
+	fd, err := unix.Openat2(l.dir, l.path, &how)
+	if err == unix.ENOSYS {
+		fd, err = unix.Openat(l.dir, l.path, int(flags)|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		return nil, 0, gofs.ToErrno(err)
+	}
+	return gofs.NewLoopbackFile(fd), 0, 0
+}
+
+// openDir opens n's folder for reading.
+func (n *node) openDir() (int, syscall.Errno) {
+	l, errno := n.locate("")
+	if errno != 0 {
+		return -1, errno
+	}
+	defer l.done()
+	fd, err := unix.Openat(l.dir, l.path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	return fd, gofs.ToErrno(err)
+}
+
+func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if fs, ok := f.(gofs.FileSetattrer); ok {
+		if errno := fs.Setattr(ctx, in, out); errno != 0 {
+			return errno
+		}
+		return n.getattr(ctx, f, out)
+	}
+	l, errno := n.locate("")
+	if errno != 0 {
+		return errno
+	}
+	defer l.done()
+	if errno := setattrAt(l, in); errno != 0 {
+		return errno
+	}
+	var x unix.Statx_t
+	if errno := statxAt(l, &x); errno != 0 {
+		return errno
+	}
+	fillAttr(&x, &out.Attr)
+	return 0
+}
+
+// setattrAt changes what in asks for, in the order chmod, chown, truncate,
+// times: a truncate moves mtime, and an explicit mtime must win.
+func setattrAt(l loc, in *fuse.SetAttrIn) syscall.Errno {
+	if mode, ok := in.GetMode(); ok {
+		if err := unix.Fchmodat(l.dir, l.path, mode, 0); err != nil {
+			return gofs.ToErrno(err)
+		}
+	}
+	uid, uok := in.GetUID()
+	gid, gok := in.GetGID()
+	if uok || gok {
+		suid, sgid := -1, -1
+		if uok {
+			suid = int(uid)
+		}
+		if gok {
+			sgid = int(gid)
+		}
+		if err := unix.Fchownat(l.dir, l.path, suid, sgid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return gofs.ToErrno(err)
+		}
+	}
+	if size, ok := in.GetSize(); ok {
+		if err := unix.Truncate(l.proc(), int64(size)); err != nil {
+			return gofs.ToErrno(err)
+		}
+	}
+	if in.Valid&(fuse.FATTR_ATIME|fuse.FATTR_MTIME) != 0 {
+		ts := []unix.Timespec{
+			timespec(in.Valid, fuse.FATTR_ATIME, fuse.FATTR_ATIME_NOW, in.Atime, in.Atimensec),
+			timespec(in.Valid, fuse.FATTR_MTIME, fuse.FATTR_MTIME_NOW, in.Mtime, in.Mtimensec),
+		}
+		if err := unix.UtimesNanoAt(l.dir, l.path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return gofs.ToErrno(err)
+		}
+	}
+	return 0
+}
+
+// timespec is one time of a SETATTR for utimensat: the kernel's own
+// UTIME_NOW and UTIME_OMIT, so that "now" is the source file system's.
+func timespec(valid, set, now uint32, sec uint64, nsec uint32) unix.Timespec {
+	switch {
+	case valid&set == 0:
+		return unix.Timespec{Nsec: unix.UTIME_OMIT}
+	case valid&now != 0:
+		return unix.Timespec{Nsec: unix.UTIME_NOW}
+	}
+	return unix.Timespec{Sec: int64(sec), Nsec: int64(nsec)}
+}
+
+func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags, mask uint32, out *fuse.StatxOut) syscall.Errno {
+	if fs, ok := f.(gofs.FileStatxer); ok {
+		return fs.Statx(ctx, flags, mask, out)
+	}
+	l, errno := n.locate("")
+	if errno != 0 {
+		return errno
+	}
+	defer l.done()
+	var x unix.Statx_t
+	if err := unix.Statx(l.dir, l.path, int(flags)|unix.AT_SYMLINK_NOFOLLOW, int(mask), &x); err != nil {
+		return gofs.ToErrno(err)
+	}
+	out.FromStatx(&x)
+	if p := n.m.policy.Load(); p.AttrTimeout > 0 {
+		out.SetTimeout(p.AttrTimeout)
+	}
+	return 0
+}
+
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	l, errno := n.locate("")
+	if errno != 0 {
+		return errno
+	}
+	defer l.done()
+	var s syscall.Statfs_t
+	if err := syscall.Statfs(l.proc(), &s); err != nil {
+		return gofs.ToErrno(err)
+	}
+	out.FromStatfsT(&s)
+	return 0
+}
+
+// xattr runs call on n's path; the l* calls do not follow a symlink.
+func (n *node) xattr(call func(path string) (int, error)) (uint32, syscall.Errno) {
+	l, errno := n.locate("")
+	if errno != 0 {
+		return 0, errno
+	}
+	defer l.done()
+	size, err := call(l.proc())
+	return uint32(size), gofs.ToErrno(err)
+}
+
+func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return n.xattr(func(p string) (int, error) { return unix.Lgetxattr(p, attr, dest) })
+}
+
+func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	return n.xattr(func(p string) (int, error) { return unix.Llistxattr(p, dest) })
+}
+
+func (n *node) setxattr(attr string, data []byte, flags uint32) syscall.Errno {
+	_, errno := n.xattr(func(p string) (int, error) { return 0, unix.Lsetxattr(p, attr, data, int(flags)) })
+	return errno
+}
+
+func (n *node) removexattr(attr string) syscall.Errno {
+	_, errno := n.xattr(func(p string) (int, error) { return 0, unix.Lremovexattr(p, attr) })
+	return errno
+}
+
+// copyRange copies between two open files of the mirror, on the source.
+func copyRange(in, out gofs.FileHandle, offIn, offOut, length, flags uint64) (uint32, syscall.Errno) {
+	fin, ok1 := in.(gofs.FilePassthroughFder)
+	fout, ok2 := out.(gofs.FilePassthroughFder)
+	if !ok1 || !ok2 {
+		return 0, syscall.ENOTSUP
+	}
+	fdIn, ok1 := fin.PassthroughFd()
+	fdOut, ok2 := fout.PassthroughFd()
+	if !ok1 || !ok2 {
+		return 0, syscall.EBADF
+	}
+	oi, oo := int64(offIn), int64(offOut)
+	count, err := unix.CopyFileRange(fdIn, &oi, fdOut, &oo, int(length), int(flags))
+	return uint32(count), gofs.ToErrno(err)
+}
