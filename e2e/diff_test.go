@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -38,6 +39,14 @@ func diffSeed(t *testing.T) uint64 {
 }
 
 const diffWorkers = 4
+
+// diffUID is the user worker w runs as: the last one is not root.
+func diffUID(w int) int {
+	if w == diffWorkers-1 {
+		return 1000
+	}
+	return 0
+}
 
 type opKind int
 
@@ -95,8 +104,13 @@ func (o op) String() string {
 		opNames[o.kind], o.path, o.path2, o.flags, o.mode, o.off, o.n, o.slot, o.slot2)
 }
 
+// deepDir names, in operation paths, a folder of each subtree whose own
+// path is longer than PATH_MAX: the mirror must reach it, and all below it,
+// as the plain tree does. The driver reaches it through a descriptor.
+const deepDir = "deep"
+
 var (
-	diffDirs  = []string{"", "d1", "d1/d2", "e"}
+	diffDirs  = []string{"", "d1", "d1/d2", "e", deepDir, deepDir + "/d1"}
 	diffNames = []string{"f", "g", "d1", "d2", "e", "h"}
 	openFlags = []int{unix.O_APPEND, unix.O_TRUNC, unix.O_DIRECTORY, unix.O_NOFOLLOW, unix.O_EXCL | unix.O_CREAT}
 )
@@ -128,25 +142,88 @@ func randOp(r *rand.Rand) op {
 
 // side is one of the two trees with its open descriptors.
 type side struct {
-	root string
-	fds  [4]int
+	root, deep int // the subtree and its deep folder
+	fds        [4]int
 }
 
-func newSide(root string) *side {
-	s := &side{root: root}
-	for i := range s.fds {
-		s.fds[i] = -1
-	}
+// deepChain is the deep folder's path below the subtree: 17 names of 250
+// bytes, 4267 bytes in all.
+var deepChain = strings.Split(strings.Repeat(strings.Repeat("x", 250)+"/", 17), "/")[:17]
+
+// openSide opens the subtree dir, as root: the user of the side need not
+// be able to walk to it.
+func openSide(dir string) *side {
+	s := &side{root: -1, deep: -1, fds: [4]int{-1, -1, -1, -1}}
+	s.root, _ = unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	return s
 }
 
+// makeDeep makes the side's deep folder, a name at a time, as uid, and
+// checks that uid owns it: the driver's premise.
+func (s *side) makeDeep(uid int) error {
+	fd, err := unix.Dup(s.root)
+	if err != nil {
+		return err
+	}
+	for i, name := range deepChain {
+		err := unix.Mkdirat(fd, name, 0o755)
+		if err == nil {
+			var next int
+			next, err = unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			unix.Close(fd)
+			fd = next
+		} else {
+			unix.Close(fd)
+		}
+		if err != nil {
+			return fmt.Errorf("making the deep folder, at depth %d: %w", i, err)
+		}
+	}
+	s.deep = fd
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || int(st.Uid) != uid {
+		return fmt.Errorf("the deep folder is owned by %d, not %d (%v)", st.Uid, uid, err)
+	}
+	return nil
+}
+
+// path is where rel is, reached through the side's descriptors: paths
+// below the deep folder could not be named from the root.
+func (s *side) path(rel string) string {
+	fd := s.root
+	if rel == deepDir || strings.HasPrefix(rel, deepDir+"/") {
+		fd, rel = s.deep, strings.TrimPrefix(rel[len(deepDir):], "/")
+	}
+	return fmt.Sprintf("/proc/self/fd/%d/%s", fd, rel)
+}
+
 func (s *side) closeAll() {
-	for i, fd := range s.fds {
+	for _, fd := range append(s.fds[:], s.root, s.deep) {
 		if fd >= 0 {
 			unix.Close(fd)
 		}
-		s.fds[i] = -1
 	}
+	*s = side{root: -1, deep: -1, fds: [4]int{-1, -1, -1, -1}}
+}
+
+// asUser runs f on a thread of its own whose file system identity is uid
+// (setfsuid and setfsgid act on one thread; Go's setuid acts on all). The
+// thread is never unlocked, so it ends with f. A new file's owner is the
+// caller's fsuid, and so the mirror's handling of ownership is compared.
+func asUser(uid int, f func()) {
+	if uid == 0 {
+		f()
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		unix.Setfsgid(uid)
+		unix.Setfsuid(uid)
+		f()
+	}()
+	<-done
 }
 
 func errnoOf(err error) string {
@@ -170,7 +247,7 @@ func statString(st *unix.Stat_t) string {
 
 // apply runs o on s and describes the outcome.
 func (s *side) apply(o op) string {
-	p, p2 := filepath.Join(s.root, o.path), filepath.Join(s.root, o.path2)
+	p, p2 := s.path(o.path), s.path(o.path2)
 	fd, fd2 := s.fds[o.slot], s.fds[o.slot2]
 	buf := func() []byte {
 		b := make([]byte, o.n)
@@ -320,7 +397,7 @@ func (s *side) apply(o op) string {
 		}
 		return statString(&st)
 	case opReaddir:
-		ents, err := os.ReadDir(filepath.Dir(p))
+		ents, err := os.ReadDir(s.path(filepath.Dir(o.path)))
 		if err != nil {
 			return errnoOf(unwrapErrno(err))
 		}
@@ -357,29 +434,40 @@ type mismatch struct {
 	plain, mirrored string
 }
 
-// replay runs ops on fresh subtrees of both roots and returns the first
-// mismatch, if any.
-func replay(plainRoot, mirrorRoot, sub string, ops []op) *mismatch {
-	a, b := newSide(filepath.Join(plainRoot, sub)), newSide(filepath.Join(mirrorRoot, sub))
-	os.Mkdir(a.root, 0o755)
-	os.Mkdir(b.root, 0o755)
+// replay runs ops as uid on fresh subtrees of both roots and returns the
+// first mismatch, if any; index -1 is the making of the subtrees.
+func replay(plainRoot, mirrorRoot, sub string, uid int, ops []op) (m *mismatch) {
+	dirs := []string{filepath.Join(plainRoot, sub), filepath.Join(mirrorRoot, sub)}
+	for _, d := range dirs {
+		os.Mkdir(d, 0o755)
+		os.Chown(d, uid, uid)
+	}
+	a, b := openSide(dirs[0]), openSide(dirs[1])
 	defer a.closeAll()
 	defer b.closeAll()
-	for i, o := range ops {
-		if pa, pb := a.apply(o), b.apply(o); pa != pb {
-			return &mismatch{i, o, pa, pb}
+	asUser(uid, func() {
+		errA, errB := a.makeDeep(uid), b.makeDeep(uid)
+		if errA != nil || errB != nil {
+			m = &mismatch{-1, op{}, errnoOf(errA), errnoOf(errB)}
+			return
 		}
-	}
-	return nil
+		for i, o := range ops {
+			if pa, pb := a.apply(o), b.apply(o); pa != pb {
+				m = &mismatch{i, o, pa, pb}
+				return
+			}
+		}
+	})
+	return m
 }
 
 // shrink finds a short subsequence of ops that still shows a mismatch
 // (delta debugging, bounded), replaying it sequentially.
-func shrink(plainRoot, mirrorRoot string, ops []op) []op {
+func shrink(plainRoot, mirrorRoot string, uid int, ops []op) []op {
 	tries := 0
 	fails := func(candidate []op) bool {
 		tries++
-		return replay(plainRoot, mirrorRoot, fmt.Sprintf("min%d", tries), candidate) != nil
+		return replay(plainRoot, mirrorRoot, fmt.Sprintf("min%d", tries), uid, candidate) != nil
 	}
 	if !fails(ops) {
 		return nil // needs the concurrency to show
@@ -406,9 +494,11 @@ func TestDifferential(t *testing.T) {
 			e := newEnv(t)
 			plain := filepath.Join(e.dir, "plain")
 			os.Mkdir(plain, 0o755)
-			opts := "rw"
+			// allow_other: one worker is not root, and the kernel checks
+			// its permissions on both trees.
+			opts := "allow_other"
 			if mode == "nopassthrough" {
-				opts = "nopassthrough"
+				opts += ",nopassthrough"
 			}
 			e.start("-o", opts)
 			seed := diffSeed(t)
@@ -424,7 +514,7 @@ func TestDifferential(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					found[w] = replay(plain, e.mnt, "w"+strconv.Itoa(w), seqs[w])
+					found[w] = replay(plain, e.mnt, "w"+strconv.Itoa(w), diffUID(w), seqs[w])
 				}()
 			}
 			wg.Wait()
@@ -432,9 +522,16 @@ func TestDifferential(t *testing.T) {
 				if m == nil {
 					continue
 				}
-				t.Errorf("seed %d (MIRRORFS_DIFF_SEED=%d), worker %d, op %d %v:\n  plain:  %s\n  mirror: %s",
-					seed, seed, w, m.index, m.op, m.plain, m.mirrored)
-				if short := shrink(plain, e.mnt, seqs[w][:m.index+1]); short != nil {
+				what := fmt.Sprintf("op %d %v", m.index, m.op)
+				if m.index < 0 {
+					what = "making the subtree"
+				}
+				t.Errorf("seed %d (MIRRORFS_DIFF_SEED=%d), worker %d (uid %d), %s:\n  plain:  %s\n  mirror: %s",
+					seed, seed, w, diffUID(w), what, m.plain, m.mirrored)
+				if m.index < 0 {
+					break
+				}
+				if short := shrink(plain, e.mnt, diffUID(w), seqs[w][:m.index+1]); short != nil {
 					t.Errorf("shortest sequence found (%d ops):", len(short))
 					for _, o := range short {
 						t.Errorf("  %v", o)
