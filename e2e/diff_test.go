@@ -80,13 +80,16 @@ const (
 	opStat
 	opReaddir
 	opCopyRange
+	opFchmod
+	opTmpfile
+	opLinkFd
 	numOps
 )
 
 var opNames = [...]string{"create", "open", "close", "write", "pwrite", "read", "pread", "ftruncate",
 	"truncate", "fallocate", "fsync", "fstat", "rename", "link", "symlink", "readlink", "mkdir", "rmdir",
 	"unlink", "chmod", "chown", "utimensat", "setxattr", "getxattr", "listxattr", "removexattr", "lstat",
-	"readdir", "copy_file_range"}
+	"readdir", "copy_file_range", "fchmod", "tmpfile", "linkat_fd"}
 
 // op is one operation; paths are relative to the worker's subtree.
 type op struct {
@@ -245,6 +248,22 @@ func statString(st *unix.Stat_t) string {
 	return fmt.Sprintf("mode=%#o size=%d nlink=%d uid=%d gid=%d", st.Mode, size, st.Nlink, st.Uid, st.Gid)
 }
 
+func lstatString(path string) string {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return errnoOf(err)
+	}
+	return statString(&st)
+}
+
+func fstatString(fd int) string {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return errnoOf(err)
+	}
+	return statString(&st)
+}
+
 // apply runs o on s and describes the outcome.
 func (s *side) apply(o op) string {
 	p, p2 := s.path(o.path), s.path(o.path2)
@@ -307,11 +326,7 @@ func (s *side) apply(o op) string {
 	case opFsync:
 		return errnoOf(unix.Fsync(fd))
 	case opFstat:
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil {
-			return errnoOf(err)
-		}
-		return statString(&st)
+		return fstatString(fd)
 	case opRename:
 		var before, after unix.Stat_t
 		unix.Lstat(p, &before)
@@ -322,7 +337,8 @@ func (s *side) apply(o op) string {
 		unix.Lstat(p2, &after)
 		return fmt.Sprintf("ok ino-stable=%v", before.Ino == after.Ino)
 	case opLink:
-		return errnoOf(unix.Link(p, p2))
+		// Both names, at once: the link count seen through the old one.
+		return errnoOf(unix.Link(p, p2)) + " " + lstatString(p) + " " + lstatString(p2)
 	case opSymlink:
 		return errnoOf(unix.Symlink(o.path2, p))
 	case opReadlink:
@@ -337,9 +353,11 @@ func (s *side) apply(o op) string {
 	case opRmdir:
 		return errnoOf(unix.Rmdir(p))
 	case opUnlink:
-		return errnoOf(unix.Unlink(p))
+		// The open descriptor may hold the unlinked file: its link count.
+		return errnoOf(unix.Unlink(p)) + " " + fstatString(fd)
 	case opChmod:
-		return errnoOf(unix.Chmod(p, o.mode))
+		// The other path is now and then another link of the same file.
+		return errnoOf(unix.Chmod(p, o.mode)) + " " + lstatString(p2)
 	case opChown:
 		// chown follows symlinks: a symlink owned by another user in a
 		// sticky folder trips fs.protected_symlinks in the kernel's own path
@@ -391,11 +409,7 @@ func (s *side) apply(o op) string {
 	case opRemovexattr:
 		return errnoOf(unix.Lremovexattr(p, "user.k"+strconv.Itoa(o.slot)))
 	case opStat:
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			return errnoOf(err)
-		}
-		return statString(&st)
+		return lstatString(p)
 	case opReaddir:
 		ents, err := os.ReadDir(s.path(filepath.Dir(o.path)))
 		if err != nil {
@@ -406,6 +420,22 @@ func (s *side) apply(o op) string {
 			names = append(names, e.Name()+":"+e.Type().String())
 		}
 		return strings.Join(names, " ")
+	case opFchmod:
+		// By descriptor, also of a file no folder holds any more.
+		return errnoOf(unix.Fchmod(fd, o.mode)) + " " + fstatString(fd)
+	case opTmpfile:
+		nfd, err := unix.Open(s.path(filepath.Dir(o.path)), unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, o.mode)
+		if err != nil {
+			return errnoOf(err)
+		}
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		s.fds[o.slot] = nfd
+		return "ok " + fstatString(nfd)
+	case opLinkFd:
+		// An O_TMPFILE file gets its name so; an unlinked one cannot.
+		return errnoOf(unix.Linkat(fd, "", unix.AT_FDCWD, p, unix.AT_EMPTY_PATH)) + " " + lstatString(p)
 	case opCopyRange:
 		off := o.off
 		n, err := unix.CopyFileRange(fd, nil, fd2, &off, int(o.n), 0)

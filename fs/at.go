@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"context"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,11 +22,21 @@ import (
 // leaves room for the /proc/self/fd/N/ prefix of loc.proc.
 const maxRel = unix.PathMax - 1 - len("/proc/self/fd/2147483647/")
 
-// loc is where an entry is: a folder's descriptor and a path below it.
+// loc is where an entry is: a folder's descriptor and a path below it, or,
+// with path "", a descriptor of the entry itself (an open file no folder
+// holds any more).
 type loc struct {
 	dir  int
 	path string
 	own  bool // dir was opened for this loc: done closes it
+}
+
+// flags are the *at flags that name the entry itself, not a symlink's target.
+func (l loc) flags() int {
+	if l.path == "" {
+		return unix.AT_EMPTY_PATH
+	}
+	return unix.AT_SYMLINK_NOFOLLOW
 }
 
 func (l loc) done() {
@@ -35,9 +46,13 @@ func (l loc) done() {
 }
 
 // proc is l as a single path, for the calls that take no folder descriptor
-// (truncate, the l*xattr calls): the kernel resolves /proc/self/fd/N to the
-// folder itself, so the path stays short.
+// (truncate, the xattr calls): the kernel resolves /proc/self/fd/N to what
+// the descriptor is, so the path stays short. With path "", it is a link
+// to be followed to the entry.
 func (l loc) proc() string {
+	if l.path == "" {
+		return "/proc/self/fd/" + strconv.Itoa(l.dir)
+	}
 	return "/proc/self/fd/" + strconv.Itoa(l.dir) + "/" + l.path
 }
 
@@ -57,9 +72,13 @@ func (n *node) relPath() (string, bool) {
 	return strings.Join(names, "/"), true
 }
 
-// locate finds the entry name of n, or n itself when name is "".
+// locate finds the entry name of n, or n itself when name is "". A node
+// in no folder is found through one of its open files, if any.
 func (n *node) locate(name string) (loc, syscall.Errno) {
 	rel, ok := n.relPath()
+	if !ok && name == "" {
+		return n.openLoc()
+	}
 	if !ok {
 		return loc{}, syscall.ENOENT
 	}
@@ -92,4 +111,62 @@ func (m *shared) walk(rel string) (loc, syscall.Errno) {
 		l = loc{dir: fd, path: l.path[cut+1:], own: true}
 	}
 	return l, 0
+}
+
+// Each node keeps a list of its open files and folders: once no folder
+// holds the node, they are the only way to it, and the kernel still asks
+// for a chmod, a utimens or an xattr of it by node.
+type handle interface {
+	descriptor() (int, bool)
+}
+
+func (n *node) opened(h handle) {
+	n.mu.Lock()
+	n.handles = append(n.handles, h)
+	n.mu.Unlock()
+}
+
+// closing takes h off the list, before it is closed: openLoc never copies
+// a descriptor that is closing.
+func (n *node) closing(h handle) {
+	n.mu.Lock()
+	n.handles = slices.DeleteFunc(n.handles, func(g handle) bool { return g == h })
+	n.mu.Unlock()
+}
+
+// file is an open file of the mirror.
+type file struct {
+	*gofs.LoopbackFile
+	n *node
+}
+
+func (n *node) newFile(fd int) *file {
+	f := &file{LoopbackFile: gofs.NewLoopbackFile(fd).(*gofs.LoopbackFile), n: n}
+	n.opened(f)
+	return f
+}
+
+func (f *file) descriptor() (int, bool) { return f.PassthroughFd() }
+
+var _ = (gofs.FileReleaser)((*file)(nil))
+
+func (f *file) Release(ctx context.Context) syscall.Errno {
+	f.n.closing(f)
+	return f.LoopbackFile.Release(ctx)
+}
+
+// openLoc locates n through a copy of an open file's descriptor.
+func (n *node) openLoc() (loc, syscall.Errno) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, h := range n.handles {
+		if fd, ok := h.descriptor(); ok {
+			dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+			if err != nil {
+				return loc{}, gofs.ToErrno(err)
+			}
+			return loc{dir: dup, own: true}, 0
+		}
+	}
+	return loc{}, syscall.ENOENT
 }

@@ -21,7 +21,7 @@ func statx(dir int, path string, flags int, x *unix.Statx_t) syscall.Errno {
 }
 
 func statxAt(l loc, x *unix.Statx_t) syscall.Errno {
-	return statx(l.dir, l.path, unix.AT_SYMLINK_NOFOLLOW, x)
+	return statx(l.dir, l.path, l.flags(), x)
 }
 
 func statxFd(fd int, x *unix.Statx_t) syscall.Errno {
@@ -208,15 +208,10 @@ func (n *node) openNew(ctx context.Context, name string, flags, mode uint32, out
 		unix.Close(fd)
 		return nil, nil, 0, errno
 	}
-	return child, gofs.NewLoopbackFile(fd), 0, 0
+	return child, child.Operations().(*node).newFile(fd), 0, 0
 }
 
 func (n *node) link(ctx context.Context, target *node, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if _, parent := target.Parent(); parent == nil {
-		// In no folder (an O_TMPFILE file): LINK brings no descriptor of
-		// it, and there is no path to link from.
-		return nil, syscall.EXDEV
-	}
 	from, errno := target.locate("")
 	if errno != 0 {
 		return nil, errno
@@ -227,7 +222,12 @@ func (n *node) link(ctx context.Context, target *node, name string, out *fuse.En
 		return nil, errno
 	}
 	defer l.done()
-	if err := unix.Linkat(from.dir, from.path, l.dir, l.path, 0); err != nil {
+	err := unix.Linkat(from.dir, from.path, l.dir, l.path, 0)
+	if from.path == "" {
+		// An open file in no folder, as an O_TMPFILE one: by its descriptor.
+		err = unix.Linkat(unix.AT_FDCWD, from.proc(), l.dir, l.path, unix.AT_SYMLINK_FOLLOW)
+	}
+	if err != nil {
 		return nil, gofs.ToErrno(err)
 	}
 	var x unix.Statx_t
@@ -287,15 +287,23 @@ func (n *node) open(flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	}
 	defer l.done()
 	flags &^= syscall.O_APPEND | fuse.FMODE_EXEC
-	how := unix.OpenHow{Flags: uint64(flags) | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS}
-	fd, err := unix.Openat2(l.dir, l.path, &how)
-	if err == unix.ENOSYS {
-		fd, err = unix.Openat(l.dir, l.path, int(flags)|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	}
+	fd, err := openNoSymlinks(l, int(flags))
 	if err != nil {
 		return nil, 0, gofs.ToErrno(err)
 	}
-	return gofs.NewLoopbackFile(fd), 0, 0
+	return n.newFile(fd), 0, 0
+}
+
+func openNoSymlinks(l loc, flags int) (int, error) {
+	if l.path == "" {
+		return unix.Open(l.proc(), flags|unix.O_CLOEXEC, 0) // reopened, as through /proc on a plain file system
+	}
+	how := unix.OpenHow{Flags: uint64(flags) | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS}
+	fd, err := unix.Openat2(l.dir, l.path, &how)
+	if err == unix.ENOSYS {
+		fd, err = unix.Openat(l.dir, l.path, flags|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
+	return fd, err
 }
 
 // openDir opens n's folder for reading.
@@ -336,7 +344,11 @@ func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 // times: a truncate moves mtime, and an explicit mtime must win.
 func setattrAt(l loc, in *fuse.SetAttrIn) syscall.Errno {
 	if mode, ok := in.GetMode(); ok {
-		if err := unix.Fchmodat(l.dir, l.path, mode, 0); err != nil {
+		err := unix.Fchmodat(l.dir, l.path, mode, 0)
+		if l.path == "" {
+			err = unix.Chmod(l.proc(), mode)
+		}
+		if err != nil {
 			return gofs.ToErrno(err)
 		}
 	}
@@ -350,7 +362,7 @@ func setattrAt(l loc, in *fuse.SetAttrIn) syscall.Errno {
 		if gok {
 			sgid = int(gid)
 		}
-		if err := unix.Fchownat(l.dir, l.path, suid, sgid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := unix.Fchownat(l.dir, l.path, suid, sgid, l.flags()); err != nil {
 			return gofs.ToErrno(err)
 		}
 	}
@@ -364,7 +376,11 @@ func setattrAt(l loc, in *fuse.SetAttrIn) syscall.Errno {
 			timespec(in.Valid, fuse.FATTR_ATIME, fuse.FATTR_ATIME_NOW, in.Atime, in.Atimensec),
 			timespec(in.Valid, fuse.FATTR_MTIME, fuse.FATTR_MTIME_NOW, in.Mtime, in.Mtimensec),
 		}
-		if err := unix.UtimesNanoAt(l.dir, l.path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		err := unix.UtimesNanoAt(l.dir, l.path, ts, unix.AT_SYMLINK_NOFOLLOW)
+		if l.path == "" {
+			err = unix.UtimesNanoAt(unix.AT_FDCWD, l.proc(), ts, 0)
+		}
+		if err != nil {
 			return gofs.ToErrno(err)
 		}
 	}
@@ -393,7 +409,7 @@ func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags, mask uint32,
 	}
 	defer l.done()
 	var x unix.Statx_t
-	if err := unix.Statx(l.dir, l.path, int(flags)|unix.AT_SYMLINK_NOFOLLOW, int(mask), &x); err != nil {
+	if err := unix.Statx(l.dir, l.path, int(flags)|l.flags(), int(mask), &x); err != nil {
 		return gofs.ToErrno(err)
 	}
 	out.FromStatx(&x)
@@ -417,32 +433,53 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	return 0
 }
 
-// xattr runs call on n's path; the l* calls do not follow a symlink.
-func (n *node) xattr(call func(path string) (int, error)) (uint32, syscall.Errno) {
+// xattr runs call on a path to n; follow says whether the path is a /proc
+// link to n, to be followed, or n's own name, not to be.
+func (n *node) xattr(call func(path string, follow bool) (int, error)) (uint32, syscall.Errno) {
 	l, errno := n.locate("")
 	if errno != 0 {
 		return 0, errno
 	}
 	defer l.done()
-	size, err := call(l.proc())
+	size, err := call(l.proc(), l.path == "")
 	return uint32(size), gofs.ToErrno(err)
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	return n.xattr(func(p string) (int, error) { return unix.Lgetxattr(p, attr, dest) })
+	return n.xattr(func(p string, follow bool) (int, error) {
+		if follow {
+			return unix.Getxattr(p, attr, dest)
+		}
+		return unix.Lgetxattr(p, attr, dest)
+	})
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	return n.xattr(func(p string) (int, error) { return unix.Llistxattr(p, dest) })
+	return n.xattr(func(p string, follow bool) (int, error) {
+		if follow {
+			return unix.Listxattr(p, dest)
+		}
+		return unix.Llistxattr(p, dest)
+	})
 }
 
 func (n *node) setxattr(attr string, data []byte, flags uint32) syscall.Errno {
-	_, errno := n.xattr(func(p string) (int, error) { return 0, unix.Lsetxattr(p, attr, data, int(flags)) })
+	_, errno := n.xattr(func(p string, follow bool) (int, error) {
+		if follow {
+			return 0, unix.Setxattr(p, attr, data, int(flags))
+		}
+		return 0, unix.Lsetxattr(p, attr, data, int(flags))
+	})
 	return errno
 }
 
 func (n *node) removexattr(attr string) syscall.Errno {
-	_, errno := n.xattr(func(p string) (int, error) { return 0, unix.Lremovexattr(p, attr) })
+	_, errno := n.xattr(func(p string, follow bool) (int, error) {
+		if follow {
+			return 0, unix.Removexattr(p, attr)
+		}
+		return 0, unix.Lremovexattr(p, attr)
+	})
 	return errno
 }
 

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"path"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -26,6 +27,9 @@ type shared struct {
 type node struct {
 	gofs.Inode
 	m *shared
+
+	mu      sync.Mutex
+	handles []handle // the way to a node no folder holds (at.go)
 }
 
 // childRel is the path of the entry name in n, from the mirror's root; it
@@ -96,7 +100,9 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 		syscall.Close(fd)
 		return nil, 0, errno
 	}
-	return &dir{ds: ds.(dirStream), n: n, fd: fd}, 0, 0
+	d := &dir{ds: ds.(dirStream), n: n, fd: fd}
+	n.opened(d)
+	return d, 0, 0
 }
 
 var _ = (gofs.NodeReaddirer)((*node)(nil))
@@ -155,7 +161,12 @@ func (d *dir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	return d.ds.Seekdir(ctx, off)
 }
 
-func (d *dir) Releasedir(ctx context.Context, flags uint32) { d.ds.Releasedir(ctx, flags) }
+func (d *dir) Releasedir(ctx context.Context, flags uint32) {
+	d.n.closing(d)
+	d.ds.Releasedir(ctx, flags)
+}
+
+func (d *dir) descriptor() (int, bool) { return d.fd, true }
 
 var _ = (gofs.FileGetattrer)((*dir)(nil))
 

@@ -1,0 +1,72 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// TestReaddirUnderChanges: while other names in a folder come and go, a
+// listing of it through the mirror shows every name that stays, once, and
+// no name twice (what POSIX asks of readdir). The folder is large enough
+// that one listing takes several READDIR requests.
+func TestReaddirUnderChanges(t *testing.T) {
+	e := newEnv(t)
+	const stable = 1000
+	dir := filepath.Join(e.src, "d")
+	os.Mkdir(dir, 0o755)
+	for i := range stable {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("stable-%04d-%s", i, strings.Repeat("x", 20))), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.start()
+	mdir := filepath.Join(e.mnt, "d")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			name := filepath.Join(mdir, fmt.Sprintf("churn-%d", i%50))
+			os.WriteFile(name, nil, 0o644)
+			os.Rename(name, name+"-moved")
+			os.Remove(filepath.Join(mdir, fmt.Sprintf("churn-%d-moved", (i+25)%50)))
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+	churned := 0
+	for round := range 30 {
+		ents, err := os.ReadDir(mdir)
+		if err != nil {
+			t.Fatalf("listing %d: %v", round, err)
+		}
+		seen := make(map[string]int, len(ents))
+		nstable := 0
+		for _, ent := range ents {
+			if seen[ent.Name()]++; seen[ent.Name()] == 2 {
+				t.Errorf("listing %d shows %s twice", round, ent.Name())
+			}
+			if strings.HasPrefix(ent.Name(), "stable-") && seen[ent.Name()] == 1 {
+				nstable++
+			}
+			if strings.HasPrefix(ent.Name(), "churn-") {
+				churned++
+			}
+		}
+		if nstable != stable {
+			t.Fatalf("listing %d shows %d of the %d names that stayed", round, nstable, stable)
+		}
+	}
+	if churned == 0 {
+		t.Errorf("no listing saw a name come or go: the folder did not change under them")
+	}
+}
