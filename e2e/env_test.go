@@ -261,3 +261,24 @@ func waitExit(t *testing.T, pid int) int {
 	})
 	return code
 }
+
+// repeat runs step(0), step(1), ... on a goroutine of its own until the
+// returned stop is called; stop returns once the step under way is done.
+func repeat(step func(i int)) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-quit:
+				return
+			default:
+				step(i)
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-done
+	}
+}

@@ -240,42 +240,33 @@ func TestSIGHUPStorm(t *testing.T) {
 	stopClients := clients(t, e.mnt, 2) // load from other processes too
 	defer stopClients()
 
-	stop := make(chan struct{})
 	var ops, unexpected atomic.Int64
 	var mu sync.Mutex
 	var firstErr error
-	var wg sync.WaitGroup
+	var stops []func()
 	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				for _, err := range workerStep(e.mnt, w, i) {
-					ops.Add(1)
-					if err != nil && !errors.Is(err, syscall.EROFS) && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.EPERM) {
-						unexpected.Add(1)
-						mu.Lock()
-						if firstErr == nil {
-							firstErr = err
-						}
-						mu.Unlock()
+		stops = append(stops, repeat(func(i int) {
+			for _, err := range workerStep(e.mnt, w, i) {
+				ops.Add(1)
+				if err != nil && !errors.Is(err, syscall.EROFS) && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.EPERM) {
+					unexpected.Add(1)
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
 					}
+					mu.Unlock()
 				}
 			}
-		}()
+		}))
 	}
 	for i := 0; i < 500; i++ {
 		if r := e.reload(policies[i%len(policies)]); !r.OK {
 			t.Fatalf("reload %d: %+v", i, r)
 		}
 	}
-	close(stop)
-	wg.Wait()
+	for _, stop := range stops {
+		stop()
+	}
 	if unexpected.Load() > 0 {
 		t.Errorf("%d of %d operations failed unexpectedly; first: %v", unexpected.Load(), ops.Load(), firstErr)
 	}

@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 )
 
@@ -25,24 +24,12 @@ func TestReaddirUnderChanges(t *testing.T) {
 	}
 	e.start()
 	mdir := filepath.Join(e.mnt, "d")
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			name := filepath.Join(mdir, fmt.Sprintf("churn-%d", i%50))
-			os.WriteFile(name, nil, 0o644)
-			os.Rename(name, name+"-moved")
-			os.Remove(filepath.Join(mdir, fmt.Sprintf("churn-%d-moved", (i+25)%50)))
-		}
-	}()
-	defer func() { close(stop); wg.Wait() }()
+	defer repeat(func(i int) {
+		name := filepath.Join(mdir, fmt.Sprintf("churn-%d", i%50))
+		os.WriteFile(name, nil, 0o644)
+		os.Rename(name, name+"-moved")
+		os.Remove(filepath.Join(mdir, fmt.Sprintf("churn-%d-moved", (i+25)%50)))
+	})()
 	churned := 0
 	for round := range 30 {
 		ents, err := os.ReadDir(mdir)
