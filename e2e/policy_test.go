@@ -133,6 +133,19 @@ func TestPolicyHideTakesEffectAtOnce(t *testing.T) {
 			t.Fatalf("before hiding, %s: %v", name, err)
 		}
 	}
+	names := func(dir string) string {
+		ents, _ := os.ReadDir(dir)
+		var s []string
+		for _, e := range ents {
+			s = append(s, e.Name())
+		}
+		return strings.Join(s, " ")
+	}
+	// Listed once before: the kernel may keep the listing (FOPEN_CACHE_DIR).
+	if got := names(e.mnt); got != ".env app secret.txt visible.txt" {
+		t.Errorf("listing before hiding: %q", got)
+	}
+	names(m("app"))
 
 	r := e.reload("entry_timeout = '1h'\nattr_timeout = '1h'\nhide = ['secret.txt', 'app/.env']\n")
 	if !r.OK || !strings.Contains(r.Message, "hide=[secret.txt app/.env]") {
@@ -144,14 +157,6 @@ func TestPolicyHideTakesEffectAtOnce(t *testing.T) {
 	wantErrno(t, "stat of an anchored hidden path", err, syscall.ENOENT)
 	if _, err := os.Stat(m(".env")); err != nil {
 		t.Errorf("the anchored pattern app/.env hid the top-level .env: %v", err)
-	}
-	names := func(dir string) string {
-		ents, _ := os.ReadDir(dir)
-		var s []string
-		for _, e := range ents {
-			s = append(s, e.Name())
-		}
-		return strings.Join(s, " ")
 	}
 	if got := names(e.mnt); got != ".env app visible.txt" {
 		t.Errorf("listing: %q", got)
@@ -176,6 +181,9 @@ func TestPolicyHideTakesEffectAtOnce(t *testing.T) {
 	e.reload("entry_timeout = '1h'\n")
 	if b, err := os.ReadFile(m("secret.txt")); err != nil || string(b) != "s" {
 		t.Errorf("after unhiding: %q, %v", b, err)
+	}
+	if got := names(m("app")); got != ".env" {
+		t.Errorf("app listing after unhiding: %q", got)
 	}
 }
 

@@ -57,3 +57,26 @@ func TestReaddirUnderChanges(t *testing.T) {
 		t.Errorf("no listing saw a name come or go: the folder did not change under them")
 	}
 }
+
+// TestListingFollowsTheSource: the kernel keeps listings of folders, yet a
+// name made on the source directly shows in the mirror's listing once the
+// folder's attributes time out (1 s), as a name removed there goes.
+func TestListingFollowsTheSource(t *testing.T) {
+	e := newEnv(t)
+	os.WriteFile(filepath.Join(e.src, "old"), nil, 0o644)
+	e.start()
+	list := func() string {
+		ents, _ := os.ReadDir(e.mnt)
+		var names []string
+		for _, ent := range ents {
+			names = append(names, ent.Name())
+		}
+		return strings.Join(names, " ")
+	}
+	if got := list(); got != "old" {
+		t.Fatalf("listing: %q", got)
+	}
+	os.WriteFile(filepath.Join(e.src, "new"), nil, 0o644)
+	os.Remove(filepath.Join(e.src, "old"))
+	eventually(t, "the listing shows the source's change", func() bool { return list() == "new" })
+}

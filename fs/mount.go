@@ -101,11 +101,26 @@ func (m *Mirror) Wait() {
 
 // SetPolicy swaps in p at once: each request sees the old policy or the new
 // one, never a mix. Names the kernel has cached that p hides are dropped from
-// its cache, so the very next lookup of them fails.
+// its cache, so the very next lookup of them fails; so are the listings it
+// keeps of folders (FOPEN_CACHE_DIR), when the hidden names may differ.
 func (m *Mirror) SetPolicy(p *policy.Policy) {
-	m.root.m.policy.Store(p)
+	old := m.root.m.policy.Swap(p)
 	if p.Hides() {
 		invalidateHidden(p, m.root.EmbeddedInode(), "")
+	}
+	if p.Hides() || old.Hides() {
+		invalidateListings(m.root.EmbeddedInode())
+	}
+}
+
+// invalidateListings drops the kernel's listings of dir and the folders
+// below it that the kernel knows.
+func invalidateListings(dir *gofs.Inode) {
+	dir.NotifyContent(0, 0)
+	for _, child := range dir.Children() {
+		if child.IsDir() {
+			invalidateListings(child)
+		}
 	}
 }
 

@@ -90,6 +90,9 @@ var _ = (gofs.NodeOpendirHandler)((*node)(nil))
 
 // OpendirHandle opens the directory for listing. go-fuse uses this handle,
 // not Readdir, when a node has one: it is where hidden names are filtered.
+// The kernel may keep the listing (FOPEN_CACHE_DIR) until the folder's
+// mtime changes, it changes the folder itself, or a policy reload drops it:
+// a cached walk then costs no READDIR, and no lookup of every entry.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	fd, errno := n.openDir()
 	if errno != 0 {
@@ -102,7 +105,7 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 	}
 	d := &dir{ds: ds.(dirStream), n: n, fd: fd}
 	n.opened(d)
-	return d, 0, 0
+	return d, fuse.FOPEN_CACHE_DIR|fuse.FOPEN_KEEP_CACHE, 0
 }
 
 var _ = (gofs.NodeReaddirer)((*node)(nil))
