@@ -169,6 +169,9 @@ func (o Options) gofsOptions(b *backing) *gofs.Options {
 			// Locks go to the source, so the mirror's users and the source's
 			// see the same locks.
 			EnableLocks:   true,
+			// Read replies are copied, not spliced: for the common small
+			// reads a splice costs more calls than it saves copying.
+			DisableSplice: true,
 			MaxStackDepth: maxStackDepth(o.Source),
 			Logger:        slog.NewLogLogger(o.Log.Handler(), slog.LevelDebug),
 		},
