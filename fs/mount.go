@@ -168,7 +168,7 @@ func (o Options) gofsOptions(b *backing) *gofs.Options {
 			DirectMount: os.Geteuid() == 0,
 			// Locks go to the source, so the mirror's users and the source's
 			// see the same locks.
-			EnableLocks:   true,
+			EnableLocks: true,
 			// Read replies are copied, not spliced: for the common small
 			// reads a splice costs more calls than it saves copying.
 			DisableSplice: true,

@@ -105,7 +105,7 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 	}
 	d := &dir{ds: ds.(dirStream), n: n, fd: fd}
 	n.opened(d)
-	return d, fuse.FOPEN_CACHE_DIR|fuse.FOPEN_KEEP_CACHE, 0
+	return d, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 var _ = (gofs.NodeReaddirer)((*node)(nil))
