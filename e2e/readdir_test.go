@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestReaddirUnderChanges: while other names in a folder come and go, a
@@ -79,4 +81,12 @@ func TestListingFollowsTheSource(t *testing.T) {
 	os.WriteFile(filepath.Join(e.src, "new"), nil, 0o644)
 	os.Remove(filepath.Join(e.src, "old"))
 	eventually(t, "the listing shows the source's change", func() bool { return list() == "new" })
+
+	// A change that leaves the folder's mtime as it was (as rsync -a or
+	// tar restore it) shows all the same, once the kept listing expires.
+	var st syscall.Stat_t
+	syscall.Stat(e.src, &st)
+	os.WriteFile(filepath.Join(e.src, "newer"), nil, 0o644)
+	os.Chtimes(e.src, time.Unix(st.Atim.Sec, st.Atim.Nsec), time.Unix(st.Mtim.Sec, st.Mtim.Nsec))
+	eventually(t, "the listing shows a change that kept the mtime", func() bool { return list() == "new newer" })
 }

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -29,7 +30,8 @@ type node struct {
 	m *shared
 
 	mu      sync.Mutex
-	handles []handle // the way to a node no folder holds (at.go)
+	handles []handle     // the way to a node no folder holds (at.go)
+	listed  atomic.Int64 // when the kernel's kept listing was filled (unix ns), 0: none
 }
 
 // childRel is the path of the entry name in n, from the mirror's root; it
@@ -90,9 +92,6 @@ var _ = (gofs.NodeOpendirHandler)((*node)(nil))
 
 // OpendirHandle opens the directory for listing. go-fuse uses this handle,
 // not Readdir, when a node has one: it is where hidden names are filtered.
-// The kernel may keep the listing (FOPEN_CACHE_DIR) until the folder's
-// mtime changes, it changes the folder itself, or a policy reload drops it:
-// a cached walk then costs no READDIR, and no lookup of every entry.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	fd, errno := n.openDir()
 	if errno != 0 {
@@ -103,9 +102,40 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 		syscall.Close(fd)
 		return nil, 0, errno
 	}
-	d := &dir{ds: ds.(dirStream), n: n, fd: fd}
+	p := n.m.policy.Load()
+	d := &dir{ds: ds.(dirStream), n: n, fd: fd, policy: p}
 	n.opened(d)
-	return d, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	return d, n.listingFlags(p), 0
+}
+
+// listingFlags say whether the kernel may keep this folder's listing
+// (FOPEN_CACHE_DIR): a cached walk then costs no READDIR, and no lookup of
+// every entry. The kernel drops a kept listing when it changes the folder
+// itself and when the folder's mtime changes, which it checks once the
+// attributes time out; a listing is also dropped, through an open without
+// KEEP_CACHE, once it is older than the attribute timeout, since a change
+// on the source can leave the mtime as it was (two in one clock tick, or
+// rsync -a, tar and cp -p restoring it). So a listing is stale for no
+// longer than an attribute. Not kept at all under a policy whose patterns
+// name paths: a folder moved elsewhere keeps its inode, and its listing,
+// but not what the patterns hide in it.
+func (n *node) listingFlags(p *policy.Policy) uint32 {
+	if p.NeedsPath() {
+		return 0
+	}
+	ttl := attrTimeout
+	if p.AttrTimeout > 0 {
+		ttl = p.AttrTimeout
+	}
+	now := time.Now().UnixNano()
+	switch filled := n.listed.Load(); {
+	case filled == 0:
+		n.listed.Store(now) // this open fills the kept listing
+	case now-filled > int64(ttl):
+		n.listed.Store(0) // this open drops it; the next fills a new one
+		return 0
+	}
+	return fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
 }
 
 var _ = (gofs.NodeReaddirer)((*node)(nil))
@@ -139,16 +169,18 @@ type dirStream interface {
 	gofs.FileFsyncdirer
 }
 
-// dir is an open directory of the mirror; it skips hidden entries.
+// dir is an open directory of the mirror; it skips the entries that the
+// policy in force at the open hides, so one listing follows one policy.
 type dir struct {
-	ds dirStream
-	n  *node
-	fd int
+	ds     dirStream
+	n      *node
+	fd     int
+	policy *policy.Policy
 }
 
 func (d *dir) hidden(e *fuse.DirEntry) bool {
 	unknownType := e.Mode&syscall.S_IFMT == 0
-	return d.n.hidden(d.n.m.policy.Load(), e.Name, unknownType || isDirMode(e.Mode))
+	return d.n.hidden(d.policy, e.Name, unknownType || isDirMode(e.Mode))
 }
 
 func (d *dir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
@@ -164,9 +196,17 @@ func (d *dir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	return d.ds.Seekdir(ctx, off)
 }
 
+// Releasedir drops the kernel's listing if the policy changed while the
+// folder was open: that listing may have been filled under the old one,
+// after SetPolicy dropped the rest. (From a goroutine: a notification is
+// not sent from within a request.)
 func (d *dir) Releasedir(ctx context.Context, flags uint32) {
 	d.n.closing(d)
 	d.ds.Releasedir(ctx, flags)
+	if d.n.m.policy.Load() != d.policy {
+		d.n.listed.Store(0)
+		go d.n.NotifyContent(0, 0)
+	}
 }
 
 func (d *dir) descriptor() (int, bool) { return d.fd, true }
