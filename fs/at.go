@@ -93,24 +93,59 @@ func (n *node) locate(name string) (loc, syscall.Errno) {
 	return n.m.walk(rel)
 }
 
-// walk locates rel, a path below SOURCE. While rel is too long to be given
-// in one piece, it opens the folder a piece down and goes on from there.
+// walk locates rel, a path below SOURCE: it opens the folder that holds
+// the entry, following no symlink on the way (a folder swapped for a
+// symlink on the source, or by a concurrent request, must not lead root
+// elsewhere), and leaves one name to the call. A folder path too long to be
+// given in one piece is opened a piece at a time.
 func (m *shared) walk(rel string) (loc, syscall.Errno) {
-	l := loc{dir: m.rootFd, path: rel}
-	for len(l.path) > maxRel {
-		cut := strings.LastIndexByte(l.path[:maxRel+1], '/')
-		if cut <= 0 {
-			l.done()
-			return loc{}, syscall.ENAMETOOLONG
+	cut := strings.LastIndexByte(rel, '/')
+	if cut < 0 {
+		return loc{dir: m.rootFd, path: rel}, 0
+	}
+	l := loc{dir: m.rootFd}
+	for dir := rel[:cut]; dir != ""; {
+		piece := dir
+		if len(piece) > maxRel {
+			piece = piece[:strings.LastIndexByte(piece[:maxRel+1], '/')]
 		}
-		fd, err := unix.Openat(l.dir, l.path[:cut], unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		fd, err := openBeneath(l.dir, piece)
 		l.done()
 		if err != nil {
 			return loc{}, gofs.ToErrno(err)
 		}
-		l = loc{dir: fd, path: l.path[cut+1:], own: true}
+		l = loc{dir: fd, own: true}
+		dir = strings.TrimPrefix(dir[len(piece):], "/")
 	}
+	l.path = rel[cut+1:]
 	return l, 0
+}
+
+// openBeneath opens the folder path below dir (O_PATH), following no
+// symlink and not leaving dir; without openat2 (Linux < 5.6), as openat.
+func openBeneath(dir int, path string) (int, error) {
+	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_BENEATH}
+	fd, err := unix.Openat2(dir, path, &how)
+	if err == unix.ENOSYS {
+		fd, err = unix.Openat(dir, path, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
+	return fd, err
+}
+
+// byInode runs call on a /proc path that names the entry at l itself, for
+// the calls that follow a symlink at the end of their path (chmod,
+// truncate): a symlink put at the name does not lead them elsewhere.
+func (l loc) byInode(call func(fd int, path string) error) error {
+	if l.path == "" {
+		return call(l.dir, l.proc())
+	}
+	fd, err := unix.Openat(l.dir, l.path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return call(fd, "/proc/self/fd/"+strconv.Itoa(fd))
 }
 
 // Each node keeps a list of its open files and folders: once no folder

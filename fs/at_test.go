@@ -70,3 +70,28 @@ func TestWalkBeyondPathMax(t *testing.T) {
 		t.Errorf("a failed walk leaves %d descriptors open, not %d", after, before)
 	}
 }
+
+// TestWalkFollowsNoSymlink: a folder on the way that is a symlink (as when
+// it is swapped for one on the source) does not lead out of SOURCE.
+func TestWalkFollowsNoSymlink(t *testing.T) {
+	dir := t.TempDir()
+	outside := t.TempDir()
+	os.WriteFile(outside+"/secret", []byte("s"), 0o600)
+	os.Mkdir(dir+"/real", 0o755)
+	os.Symlink(outside, dir+"/a")
+	root, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(root)
+	m := &shared{rootFd: root}
+	if l, errno := m.walk("a/secret"); errno != unix.ELOOP {
+		l.done()
+		t.Errorf("walk through a symlinked folder: %v, want ELOOP", errno)
+	}
+	l, errno := m.walk("real/x")
+	if errno != 0 || l.path != "x" {
+		t.Errorf("walk to real/x: %q, %v", l.path, errno)
+	}
+	l.done()
+}

@@ -108,20 +108,21 @@ func (n *node) made(ctx context.Context, name string, out *fuse.EntryOut, rm int
 		return nil, gofs.ToErrno(err)
 	}
 	defer unix.Close(fd)
-	child, errno := n.adopt(ctx, fd, out)
+	child, errno := n.adopt(ctx, fd, out, true)
 	if errno != 0 {
 		unix.Unlinkat(l.dir, l.path, rm)
 	}
 	return child, errno
 }
 
-// adopt gives the new entry fd of n to the caller and describes it.
-func (n *node) adopt(ctx context.Context, fd int, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+// adopt describes the entry fd of n and, if made (by this call), gives it
+// to the caller.
+func (n *node) adopt(ctx context.Context, fd int, out *fuse.EntryOut, made bool) (*gofs.Inode, syscall.Errno) {
 	var x unix.Statx_t
 	if errno := statxFd(fd, &x); errno != 0 {
 		return nil, errno
 	}
-	if n.own(ctx, fd, &x) {
+	if made && n.own(ctx, fd, &x) {
 		if errno := statxFd(fd, &x); errno != 0 {
 			return nil, errno
 		}
@@ -138,6 +139,11 @@ func (n *node) adopt(ctx context.Context, fd int, out *fuse.EntryOut) (*gofs.Ino
 func (n *node) own(ctx context.Context, fd int, x *unix.Statx_t) bool {
 	caller, ok := fuse.FromContext(ctx)
 	if !ok || n.m.euid != 0 {
+		return false
+	}
+	// Not root's, or a file with other names: not the entry just made (the
+	// name was swapped meanwhile). It stays as it is.
+	if x.Uid != 0 || x.Mode&unix.S_IFMT != unix.S_IFDIR && x.Nlink > 1 {
 		return false
 	}
 	uid, gid := caller.Uid, caller.Gid
@@ -180,19 +186,21 @@ func (n *node) symlink(ctx context.Context, target, name string, out *fuse.Entry
 	return n.made(ctx, name, out, 0, func(l loc) error { return unix.Symlinkat(target, l.dir, l.path) })
 }
 
-// create makes and opens a file. O_NOFOLLOW: the kernel asks only for a
-// name it found missing, and a symlink put there since is not followed.
+// create makes and opens a file. The kernel asks only for a name it found
+// missing; one made on the source since is opened as it is (O_EXCL tells
+// which), not given to the caller, and a symlink there is not followed.
 func (n *node) create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	return n.openNew(ctx, name, flags|unix.O_CREAT|unix.O_NOFOLLOW, mode, out)
+	return n.openNew(ctx, name, flags|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, mode, out, flags&unix.O_EXCL == 0)
 }
 
 // tmpfile makes an unnamed file in n.
 func (n *node) tmpfile(ctx context.Context, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	return n.openNew(ctx, "", flags|unix.O_TMPFILE, mode, out)
+	return n.openNew(ctx, "", flags|unix.O_TMPFILE, mode, out, false)
 }
 
-// openNew opens name in n with flags that make a new file.
-func (n *node) openNew(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+// openNew opens name in n with flags that make a new file; if mayExist,
+// an existing file is opened instead.
+func (n *node) openNew(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut, mayExist bool) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	l, errno := n.locate(name)
 	if errno != 0 {
 		return nil, nil, 0, errno
@@ -200,10 +208,14 @@ func (n *node) openNew(ctx context.Context, name string, flags, mode uint32, out
 	defer l.done()
 	flags &^= syscall.O_APPEND
 	fd, err := unix.Openat(l.dir, l.path, int(flags)|unix.O_CLOEXEC, mode)
+	made := err == nil
+	if err == unix.EEXIST && mayExist {
+		fd, err = openNoSymlinks(l, int(flags&^(unix.O_CREAT|unix.O_EXCL)))
+	}
 	if err != nil {
 		return nil, nil, 0, gofs.ToErrno(err)
 	}
-	child, errno := n.adopt(ctx, fd, out)
+	child, errno := n.adopt(ctx, fd, out, made)
 	if errno != 0 {
 		unix.Close(fd)
 		return nil, nil, 0, errno
@@ -222,10 +234,12 @@ func (n *node) link(ctx context.Context, target *node, name string, out *fuse.En
 		return nil, errno
 	}
 	defer l.done()
-	err := unix.Linkat(from.dir, from.path, l.dir, l.path, 0)
+	var err error
 	if from.path == "" {
 		// An open file in no folder, as an O_TMPFILE one: by its descriptor.
 		err = unix.Linkat(unix.AT_FDCWD, from.proc(), l.dir, l.path, unix.AT_SYMLINK_FOLLOW)
+	} else {
+		err = unix.Linkat(from.dir, from.path, l.dir, l.path, 0)
 	}
 	if err != nil {
 		return nil, gofs.ToErrno(err)
@@ -336,6 +350,10 @@ func (n *node) openDir() (int, syscall.Errno) {
 		return -1, errno
 	}
 	defer l.done()
+	if l.path == "" { // a removed folder, still open: reopened
+		fd, err := unix.Open(l.proc(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		return fd, gofs.ToErrno(err)
+	}
 	fd, err := unix.Openat(l.dir, l.path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	return fd, gofs.ToErrno(err)
 }
@@ -367,10 +385,16 @@ func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 // times: a truncate moves mtime, and an explicit mtime must win.
 func setattrAt(l loc, in *fuse.SetAttrIn) syscall.Errno {
 	if mode, ok := in.GetMode(); ok {
-		err := unix.Fchmodat(l.dir, l.path, mode, 0)
-		if l.path == "" {
-			err = unix.Chmod(l.proc(), mode)
-		}
+		err := l.byInode(func(fd int, p string) error {
+			var st unix.Stat_t
+			if err := unix.Fstat(fd, &st); err != nil {
+				return err
+			}
+			if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+				return unix.EOPNOTSUPP // as fchmodat(AT_SYMLINK_NOFOLLOW)
+			}
+			return unix.Chmod(p, mode)
+		})
 		if err != nil {
 			return gofs.ToErrno(err)
 		}
@@ -390,7 +414,7 @@ func setattrAt(l loc, in *fuse.SetAttrIn) syscall.Errno {
 		}
 	}
 	if size, ok := in.GetSize(); ok {
-		if err := unix.Truncate(l.proc(), int64(size)); err != nil {
+		if err := l.byInode(func(_ int, p string) error { return unix.Truncate(p, int64(size)) }); err != nil {
 			return gofs.ToErrno(err)
 		}
 	}
@@ -399,9 +423,11 @@ func setattrAt(l loc, in *fuse.SetAttrIn) syscall.Errno {
 			timespec(in.Valid, fuse.FATTR_ATIME, fuse.FATTR_ATIME_NOW, in.Atime, in.Atimensec),
 			timespec(in.Valid, fuse.FATTR_MTIME, fuse.FATTR_MTIME_NOW, in.Mtime, in.Mtimensec),
 		}
-		err := unix.UtimesNanoAt(l.dir, l.path, ts, unix.AT_SYMLINK_NOFOLLOW)
+		var err error
 		if l.path == "" {
 			err = unix.UtimesNanoAt(unix.AT_FDCWD, l.proc(), ts, 0)
+		} else {
+			err = unix.UtimesNanoAt(l.dir, l.path, ts, unix.AT_SYMLINK_NOFOLLOW)
 		}
 		if err != nil {
 			return gofs.ToErrno(err)
