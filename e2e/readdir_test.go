@@ -90,3 +90,18 @@ func TestListingFollowsTheSource(t *testing.T) {
 	os.Chtimes(e.src, time.Unix(st.Atim.Sec, st.Atim.Nsec), time.Unix(st.Mtim.Sec, st.Mtim.Nsec))
 	eventually(t, "the listing shows a change that kept the mtime", func() bool { return list() == "new newer" })
 }
+
+// TestInodeNumbers: the mirror shows the source's inode numbers, the
+// mountpoint included (tools such as find and du rely on them).
+func TestInodeNumbers(t *testing.T) {
+	e := newEnv(t)
+	os.Mkdir(filepath.Join(e.src, "d"), 0o755)
+	e.start()
+	for _, name := range []string{"", "d"} {
+		var src, mnt syscall.Stat_t
+		syscall.Stat(filepath.Join(e.src, name), &src)
+		if err := syscall.Stat(filepath.Join(e.mnt, name), &mnt); err != nil || mnt.Ino != src.Ino {
+			t.Errorf("%q: inode %d through the mirror, %d on the source (%v)", name, mnt.Ino, src.Ino, err)
+		}
+	}
+}

@@ -57,7 +57,9 @@ func (m *shared) stableAttr(x *unix.Statx_t) gofs.StableAttr {
 
 func (n *node) newChild(ctx context.Context, x *unix.Statx_t, out *fuse.EntryOut) *gofs.Inode {
 	fillAttr(x, &out.Attr)
-	return n.NewInode(ctx, &node{m: n.m}, n.m.stableAttr(x))
+	id := n.m.stableAttr(x)
+	out.Attr.Ino = id.Ino // differs from x.Ino on a mount within SOURCE
+	return n.NewInode(ctx, &node{m: n.m}, id)
 }
 
 func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -87,6 +89,7 @@ func (n *node) getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 		return errno
 	}
 	fillAttr(&x, &out.Attr)
+	out.Ino = n.StableAttr().Ino // differs from x.Ino on a mount within SOURCE
 	return 0
 }
 
@@ -360,10 +363,7 @@ func (n *node) openDir() (int, syscall.Errno) {
 
 func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if fs, ok := f.(gofs.FileSetattrer); ok {
-		if errno := fs.Setattr(ctx, in, out); errno != 0 {
-			return errno
-		}
-		return n.getattr(ctx, f, out)
+		return fs.Setattr(ctx, in, out) // which describes the file too
 	}
 	l, errno := n.locate("")
 	if errno != 0 {

@@ -59,6 +59,7 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 	}
 	b := &backing{disabled: o.NoPassthrough, log: o.Log}
 	opts := o.gofsOptions(b)
+	opts.RootStableAttr = &root.m.rootAttr // the mountpoint shows SOURCE's inode number, not 0
 	raw := gofs.NewNodeFS(root, opts)
 	srv, err := fuse.NewServer(&bridgeInit{raw, b}, mountpoint, &opts.MountOptions)
 	if err != nil {
@@ -89,6 +90,7 @@ func newRoot(source string, pol *policy.Policy) (*node, error) {
 	}
 	n := &node{m: &shared{rootFd: fd, dev: unix.Mkdev(x.Dev_major, x.Dev_minor), euid: os.Geteuid()}}
 	n.m.root = &n.Inode
+	n.m.rootAttr = n.m.stableAttr(&x)
 	n.m.policy.Store(pol)
 	return n, nil
 }

@@ -16,11 +16,12 @@ import (
 
 // shared is what every node of one mirror refers to.
 type shared struct {
-	policy atomic.Pointer[policy.Policy] // swapped whole on reload; no lock on the hot path
-	rootFd int                           // SOURCE, O_PATH, held for the mirror's life
-	dev    uint64                        // SOURCE's device
-	euid   int
-	root   *gofs.Inode
+	policy   atomic.Pointer[policy.Policy] // swapped whole on reload; no lock on the hot path
+	rootFd   int                           // SOURCE, O_PATH, held for the mirror's life
+	dev      uint64                        // SOURCE's device
+	euid     int
+	root     *gofs.Inode
+	rootAttr gofs.StableAttr
 }
 
 // node is one file or directory of the mirror: the loopback (loopback.go),
