@@ -221,6 +221,9 @@ func (n *node) openNew(ctx context.Context, name string, flags, mode uint32, out
 	child, errno := n.adopt(ctx, fd, out, made)
 	if errno != 0 {
 		unix.Close(fd)
+		if made && l.path != "" {
+			unix.Unlinkat(l.dir, l.path, 0) // as made does
+		}
 		return nil, nil, 0, errno
 	}
 	return child, child.Operations().(*node).newFile(fd), openFlags(fd), 0
