@@ -127,6 +127,9 @@ func openBeneath(dir int, path string) (int, error) {
 	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_BENEATH}
 	fd, err := unix.Openat2(dir, path, &how)
+	for try := 0; err == unix.EAGAIN && try < 3; try++ { // a rename raced the check for escapes
+		fd, err = unix.Openat2(dir, path, &how)
+	}
 	if err == unix.ENOSYS {
 		fd, err = unix.Openat(dir, path, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	}
