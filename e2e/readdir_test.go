@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -104,4 +105,33 @@ func TestInodeNumbers(t *testing.T) {
 			t.Errorf("%q: inode %d through the mirror, %d on the source (%v)", name, mnt.Ino, src.Ino, err)
 		}
 	}
+}
+
+// TestFolderDescriptorsReleased: the daemon keeps a descriptor of each
+// folder the kernel knows, and lets go of it when the kernel forgets the
+// folder.
+func TestFolderDescriptorsReleased(t *testing.T) {
+	e := newEnv(t)
+	for i := range 200 {
+		os.MkdirAll(filepath.Join(e.src, "a", strconv.Itoa(i), "b"), 0o755)
+	}
+	e.start()
+	pid := e.pid()
+	fds := func() int {
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		return len(ents)
+	}
+	before := fds()
+	for i := range 200 {
+		if _, err := os.Stat(filepath.Join(e.mnt, "a", strconv.Itoa(i), "b", "missing")); !os.IsNotExist(err) {
+			t.Fatalf("stat: %v", err)
+		}
+	}
+	if held := fds() - before; held < 200 {
+		t.Fatalf("the daemon holds %d more descriptors after 200 folders were looked into, want 200 or more", held)
+	}
+	eventually(t, "the daemon lets go of the folders' descriptors", func() bool {
+		os.WriteFile("/proc/sys/vm/drop_caches", []byte("2"), 0o200) // the kernel forgets the dentries
+		return fds()-before < 20
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -28,7 +29,8 @@ const maxRel = unix.PathMax - 1 - len("/proc/self/fd/2147483647/")
 type loc struct {
 	dir  int
 	path string
-	own  bool // dir was opened for this loc: done closes it
+	own  bool    // dir was opened for this loc: done closes it
+	ref  *dirRef // or dir is a folder's kept descriptor: done releases it
 }
 
 // flags are the *at flags that name the entry itself, not a symlink's target.
@@ -42,6 +44,9 @@ func (l loc) flags() int {
 func (l loc) done() {
 	if l.own {
 		unix.Close(l.dir)
+	}
+	if l.ref != nil {
+		l.ref.release()
 	}
 }
 
@@ -72,9 +77,34 @@ func (n *node) relPath() (string, bool) {
 	return strings.Join(names, "/"), true
 }
 
-// locate finds the entry name of n, or n itself when name is "". A node
-// in no folder is found through one of its open files, if any.
+// locate finds the entry name of n, or n itself when name is "": by the
+// kept descriptor of the folder that holds it and one name. A node in no
+// folder is found through one of its open files, if any.
 func (n *node) locate(name string) (loc, syscall.Errno) {
+	if name == "" && n.EmbeddedInode() == n.m.root {
+		return loc{dir: n.m.rootFd, path: "."}, 0
+	}
+	holder := n
+	if name == "" {
+		var parent *gofs.Inode
+		name, parent = n.Parent()
+		if parent == nil {
+			return n.openLoc()
+		}
+		holder = parent.Operations().(*node)
+	}
+	r, errno := holder.acquire()
+	if errno == 0 {
+		return loc{dir: r.fd, path: name, ref: r}, 0
+	}
+	if errno != syscall.EMFILE && errno != syscall.ENFILE {
+		return loc{}, errno
+	}
+	return holder.locateByPath(name) // out of descriptors: walk from the root
+}
+
+// locateByPath finds the entry name of n by its path from the root.
+func (n *node) locateByPath(name string) (loc, syscall.Errno) {
 	rel, ok := n.relPath()
 	if !ok && name == "" {
 		return n.openLoc()
@@ -82,15 +112,85 @@ func (n *node) locate(name string) (loc, syscall.Errno) {
 	if !ok {
 		return loc{}, syscall.ENOENT
 	}
-	switch {
-	case rel == "" && name == "":
-		rel = "."
-	case rel == "":
-		rel = name
-	case name != "":
-		rel += "/" + name
+	if rel != "" {
+		rel += "/"
 	}
-	return n.m.walk(rel)
+	return n.m.walk(rel + name)
+}
+
+// dirRef is a descriptor (O_PATH) of a folder of SOURCE, kept by the
+// folder's node while the kernel knows the node: it follows the folder
+// through renames, and no path is resolved again below it. refs counts its
+// holders, the node included; the last one closes it.
+type dirRef struct {
+	fd   int
+	refs atomic.Int32
+}
+
+func (r *dirRef) release() {
+	if r.refs.Add(-1) == 0 {
+		unix.Close(r.fd)
+	}
+}
+
+// maxKept bounds the folders kept open, so that a walk over a huge tree
+// cannot take every descriptor the process may have; past it, folders are
+// reached by path.
+const maxKept = 1 << 16
+
+// acquire returns a held reference to n's folder descriptor, opening it
+// from its parent's, name by name, if n keeps none.
+func (n *node) acquire() (*dirRef, syscall.Errno) {
+	if n.EmbeddedInode() == n.m.root {
+		n.m.rootRef.refs.Add(1)
+		return n.m.rootRef, 0
+	}
+	for {
+		r := n.kept.Load()
+		if r == nil {
+			break
+		}
+		if c := r.refs.Load(); c > 0 && r.refs.CompareAndSwap(c, c+1) {
+			return r, 0
+		}
+	}
+	name, parent := n.Parent()
+	if parent == nil {
+		return nil, syscall.ENOENT
+	}
+	if n.m.kept.Add(1) > maxKept {
+		n.m.kept.Add(-1)
+		return nil, syscall.EMFILE
+	}
+	pr, errno := parent.Operations().(*node).acquire()
+	if errno != 0 {
+		n.m.kept.Add(-1)
+		return nil, errno
+	}
+	fd, err := unix.Openat(pr.fd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	pr.release()
+	if err != nil {
+		n.m.kept.Add(-1)
+		return nil, gofs.ToErrno(err)
+	}
+	r := &dirRef{fd: fd}
+	r.refs.Store(2) // the node's and the caller's
+	if !n.kept.CompareAndSwap(nil, r) {
+		unix.Close(fd) // another request kept one first
+		n.m.kept.Add(-1)
+		return n.acquire()
+	}
+	return r, 0
+}
+
+var _ = (gofs.NodeOnForgetter)((*node)(nil))
+
+// OnForget lets go of the kept descriptor once the kernel forgets n.
+func (n *node) OnForget() {
+	if r := n.kept.Swap(nil); r != nil {
+		n.m.kept.Add(-1)
+		r.release()
+	}
 }
 
 // walk locates rel, a path below SOURCE: it opens the folder that holds

@@ -91,6 +91,8 @@ func newRoot(source string, pol *policy.Policy) (*node, error) {
 	n := &node{m: &shared{rootFd: fd, dev: unix.Mkdev(x.Dev_major, x.Dev_minor), euid: os.Geteuid()}}
 	n.m.root = &n.Inode
 	n.m.rootAttr = n.m.stableAttr(&x)
+	n.m.rootRef = &dirRef{fd: fd}
+	n.m.rootRef.refs.Store(1) // never released: Wait closes rootFd
 	n.m.policy.Store(pol)
 	return n, nil
 }

@@ -22,6 +22,8 @@ type shared struct {
 	euid     int
 	root     *gofs.Inode
 	rootAttr gofs.StableAttr
+	rootRef  *dirRef      // rootFd, never released
+	kept     atomic.Int32 // folders keeping a descriptor (at.go)
 }
 
 // node is one file or directory of the mirror: the loopback (loopback.go),
@@ -33,6 +35,7 @@ type node struct {
 	mu      sync.Mutex
 	handles []handle     // the way to a node no folder holds (at.go)
 	listed  atomic.Int64 // when the kernel's kept listing was filled (unix ns), 0: none
+	kept    atomic.Pointer[dirRef]
 }
 
 // childRel is the path of the entry name in n, from the mirror's root; it
