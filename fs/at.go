@@ -12,16 +12,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Every operation names its entry by a folder's descriptor and a path
-// relative to it, never by SOURCE's path joined to the entry's: that path
-// can be longer than PATH_MAX where the entry's own is not, and the kernel
-// would refuse it (ENAMETOOLONG) where a plain directory does not. The
-// mirror holds a descriptor of SOURCE for its whole life; a relative path
-// that is itself too long is walked a piece at a time.
+// Every operation names its entry by the descriptor of the folder holding
+// it and one name, never by SOURCE's path joined to the entry's: that path
+// can be longer than PATH_MAX where the entry's own is not, and a path is
+// resolved anew at each call, through symlinks a folder may have been
+// swapped for. The mirror holds a descriptor of SOURCE for its whole life,
+// and each folder's node keeps one of its folder (acquire); past maxKept,
+// a folder is opened by its path from SOURCE instead (walk).
 
-// maxRel is the longest relative path given to the kernel in one piece. It
-// leaves room for the /proc/self/fd/N/ prefix of loc.proc.
-const maxRel = unix.PathMax - 1 - len("/proc/self/fd/2147483647/")
+// maxRel is the longest folder path given to the kernel in one piece.
+const maxRel = unix.PathMax - 1
 
 // loc is where an entry is: a folder's descriptor and a path below it, or,
 // with path "", a descriptor of the entry itself (an open file no folder
@@ -29,8 +29,7 @@ const maxRel = unix.PathMax - 1 - len("/proc/self/fd/2147483647/")
 type loc struct {
 	dir  int
 	path string
-	own  bool    // dir was opened for this loc: done closes it
-	ref  *dirRef // or dir is a folder's kept descriptor: done releases it
+	ref  *dirRef // the reference to dir this loc holds, if any: done releases it
 }
 
 // flags are the *at flags that name the entry itself, not a symlink's target.
@@ -42,9 +41,6 @@ func (l loc) flags() int {
 }
 
 func (l loc) done() {
-	if l.own {
-		unix.Close(l.dir)
-	}
 	if l.ref != nil {
 		l.ref.release()
 	}
@@ -125,6 +121,13 @@ func (n *node) locateByPath(name string) (loc, syscall.Errno) {
 type dirRef struct {
 	fd   int
 	refs atomic.Int32
+}
+
+// opened is the only reference to fd, opened for one loc.
+func opened(fd int) loc {
+	r := &dirRef{fd: fd}
+	r.refs.Store(1)
+	return loc{dir: fd, ref: r}
 }
 
 func (r *dirRef) release() {
@@ -214,7 +217,7 @@ func (m *shared) walk(rel string) (loc, syscall.Errno) {
 		if err != nil {
 			return loc{}, gofs.ToErrno(err)
 		}
-		l = loc{dir: fd, own: true}
+		l = opened(fd)
 		dir = strings.TrimPrefix(dir[len(piece):], "/")
 	}
 	l.path = rel[cut+1:]
@@ -303,7 +306,7 @@ func (n *node) openLoc() (loc, syscall.Errno) {
 			if err != nil {
 				return loc{}, gofs.ToErrno(err)
 			}
-			return loc{dir: dup, own: true}, 0
+			return opened(dup), 0
 		}
 	}
 	return loc{}, syscall.ENOENT
