@@ -69,6 +69,9 @@ func TestInterruptedStartStopsTheDaemon(t *testing.T) {
 	}
 	d := otherDaemon(t, e, cmd.Process.Pid)
 	e.pids = append(e.pids, d)
+	// Until it logs, the daemon may not handle signals yet: a SIGTERM then
+	// ends it by default, which is clean but not what this test is about.
+	eventually(t, "the daemon's first log line", func() bool { return strings.Contains(e.log(), "msg=starting") })
 	cmd.Process.Signal(syscall.SIGINT)
 	cmd.Wait()
 	if code := cmd.ProcessState.ExitCode(); code != 130 {
