@@ -118,6 +118,16 @@ func TestPolicyReadOnlyToggle(t *testing.T) {
 	}
 }
 
+// names lists dir: its names, sorted, separated by spaces.
+func names(dir string) string {
+	ents, _ := os.ReadDir(dir)
+	var s []string
+	for _, e := range ents {
+		s = append(s, e.Name())
+	}
+	return strings.Join(s, " ")
+}
+
 func TestPolicyHideTakesEffectAtOnce(t *testing.T) {
 	e := newEnv(t)
 	os.WriteFile(filepath.Join(e.src, "secret.txt"), []byte("s"), 0o644)
@@ -132,14 +142,6 @@ func TestPolicyHideTakesEffectAtOnce(t *testing.T) {
 		if _, err := os.Stat(m(name)); err != nil {
 			t.Fatalf("before hiding, %s: %v", name, err)
 		}
-	}
-	names := func(dir string) string {
-		ents, _ := os.ReadDir(dir)
-		var s []string
-		for _, e := range ents {
-			s = append(s, e.Name())
-		}
-		return strings.Join(s, " ")
 	}
 	// Listed once before: the kernel may keep the listing (FOPEN_CACHE_DIR).
 	if got := names(e.mnt); got != ".env app secret.txt visible.txt" {
@@ -335,5 +337,33 @@ func TestRenameCannotUnhide(t *testing.T) {
 	}
 	if err := os.Rename(m("other"), m("other2")); err != nil {
 		t.Errorf("renaming an unrelated folder: %v", err)
+	}
+}
+
+// TestMovedListingFollowsPathPatterns: the kernel keeps folder listings
+// under path patterns too; a folder moved, or one below it, to where a
+// pattern hides an entry must not show it from the listing kept before.
+func TestMovedListingFollowsPathPatterns(t *testing.T) {
+	e := newEnv(t)
+	for _, f := range []string{"other/secret", "other/x/secret", "other/x/y"} {
+		os.MkdirAll(filepath.Join(e.src, filepath.Dir(f)), 0o755)
+		os.WriteFile(filepath.Join(e.src, f), []byte("s"), 0o644)
+	}
+	// Long timeouts: only the move may drop the kept listings.
+	e.start("--config", e.writePolicy("entry_timeout = '1h'\nattr_timeout = '1h'\nhide = ['etc/secret', 'etc/x/secret']\n"))
+	m := func(name string) string { return filepath.Join(e.mnt, name) }
+	for range 2 { // the first open fills the kept listing, the second reads it
+		if got, got2 := names(m("other")), names(m("other/x")); got != "secret x" || got2 != "secret y" {
+			t.Fatalf("before the move: other: %q, other/x: %q", got, got2)
+		}
+	}
+	if err := os.Rename(m("other"), m("etc")); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(m("etc")); got != "x" {
+		t.Errorf("the moved folder lists %q, want x", got)
+	}
+	if got := names(m("etc/x")); got != "y" {
+		t.Errorf("a folder below the moved one lists %q, want y", got)
 	}
 }

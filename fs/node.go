@@ -33,8 +33,8 @@ type node struct {
 	m *shared
 
 	mu      sync.Mutex
-	handles []handle     // the way to a node no folder holds (at.go)
-	listed  atomic.Int64 // when the kernel's kept listing was filled (unix ns), 0: none
+	handles []handle                // the way to a node no folder holds (at.go)
+	listed  atomic.Pointer[listing] // the kernel's kept listing, nil: none
 	kept    atomic.Pointer[dirRef]
 }
 
@@ -112,6 +112,12 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 	return d, n.listingFlags(p), 0
 }
 
+// listing is what the mirror knows of a folder's listing kept by the kernel.
+type listing struct {
+	filled int64  // when it was filled (unix ns)
+	path   string // the folder's path then, if the policy's patterns name paths
+}
+
 // listingFlags say whether the kernel may keep this folder's listing
 // (FOPEN_CACHE_DIR): a cached walk then costs no READDIR, and no lookup of
 // every entry. The kernel drops a kept listing when it changes the folder
@@ -120,23 +126,25 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 // KEEP_CACHE, once it is older than the attribute timeout, since a change
 // on the source can leave the mtime as it was (two in one clock tick, or
 // rsync -a, tar and cp -p restoring it). So a listing is stale for no
-// longer than an attribute. Not kept at all under a policy whose patterns
-// name paths: a folder moved elsewhere keeps its inode, and its listing,
-// but not what the patterns hide in it.
+// longer than an attribute. Under a policy whose patterns name paths, it is
+// dropped too when the folder's path is not the one it was filled at: a
+// folder moved elsewhere, or below a moved one, keeps its inode and its
+// listing, but not what the patterns hide in it.
 func (n *node) listingFlags(p *policy.Policy) uint32 {
-	if p.NeedsPath() {
-		return 0
-	}
 	ttl := attrTimeout
 	if p.AttrTimeout > 0 {
 		ttl = p.AttrTimeout
 	}
+	var at string
+	if p.NeedsPath() {
+		at = n.Path(nil)
+	}
 	now := time.Now().UnixNano()
-	switch filled := n.listed.Load(); {
-	case filled == 0:
-		n.listed.Store(now) // this open fills the kept listing
-	case now-filled > int64(ttl):
-		n.listed.Store(0) // this open drops it; the next fills a new one
+	switch l := n.listed.Load(); {
+	case l == nil:
+		n.listed.Store(&listing{filled: now, path: at}) // this open fills the kept listing
+	case now-l.filled > int64(ttl) || l.path != at:
+		n.listed.Store(nil) // this open drops it; the next fills a new one
 		return 0
 	}
 	return fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
@@ -208,7 +216,7 @@ func (d *dir) Releasedir(ctx context.Context, flags uint32) {
 	d.n.closing(d)
 	d.ds.Releasedir(ctx, flags)
 	if d.n.m.policy.Load() != d.policy {
-		d.n.listed.Store(0)
+		d.n.listed.Store(nil)
 		go d.n.NotifyContent(0, 0)
 	}
 }
