@@ -201,7 +201,7 @@ func sizeForFuse(mount func() error) error {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return mount()
 	}
-	readers := max(2, runtime.GOMAXPROCS(0)) // go-fuse takes at least 2 too
+	readers := min(max(2, runtime.GOMAXPROCS(0)), 16) // go-fuse's own bounds
 	runtime.GOMAXPROCS(readers)
 	defer runtime.GOMAXPROCS(2*readers + 2)
 	return mount()
