@@ -68,8 +68,13 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 	}
 	go srv.Serve()
 	if err := srv.WaitMount(); err != nil {
-		srv.Unmount()
-		unix.Close(root.m.rootFd)
+		// go-fuse's Unmount returns nil only once its serve loops have
+		// ended. If it fails they may still run on SOURCE's descriptor,
+		// which then stays open: closed, its number could be reused by the
+		// next open, and a request would act on that file instead.
+		if srv.Unmount() == nil {
+			unix.Close(root.m.rootFd)
+		}
 		return nil, err
 	}
 	b.probe(o.Source)
