@@ -187,24 +187,24 @@ func (d *daemon) logName() string {
 	return d.logFile.path
 }
 
-// sizeForFuse runs mount, which starts go-fuse's server, with the Go
-// scheduler sized for it. go-fuse keeps up to GOMAXPROCS+1 goroutines
-// blocked in read(2) on /dev/fuse, and each holds a P while it waits. When
-// no P is left idle, sysmon takes them back from the blocked readers and
-// hands them to other threads, which wake only to sleep again: about one
-// futex wake-up and 1.6 context switches per request (perf on the tmpfs
-// metadata cycle). So go-fuse sizes its readers while GOMAXPROCS is the CPU
-// count, and the daemon then runs with room for every blocked reader, as
-// many running handlers, and one more: a reader's P is then never needed
-// elsewhere. A GOMAXPROCS set in the environment is left as it is.
-func sizeForFuse(mount func() error) error {
+// sizeForFuse sizes the Go scheduler for go-fuse's server, to be started
+// between this call and the one to what it returns. go-fuse keeps up to
+// GOMAXPROCS+1 goroutines blocked in read(2) on /dev/fuse, and each holds a
+// P while it waits. When no P is left idle, sysmon takes them back from the
+// blocked readers and hands them to other threads, which wake only to sleep
+// again: about one futex wake-up and 1.6 context switches per request (perf
+// on the tmpfs metadata cycle). So go-fuse sizes its readers while
+// GOMAXPROCS is the CPU count, and the daemon then runs with room for every
+// blocked reader, as many running handlers, and one more: a reader's P is
+// then never needed elsewhere. A GOMAXPROCS set in the environment is left
+// as it is.
+func sizeForFuse() (started func()) {
 	if os.Getenv("GOMAXPROCS") != "" {
-		return mount()
+		return func() {}
 	}
 	readers := min(max(2, runtime.GOMAXPROCS(0)), 16) // go-fuse's own bounds
 	runtime.GOMAXPROCS(readers)
-	defer runtime.GOMAXPROCS(2*readers + 2)
-	return mount()
+	return func() { runtime.GOMAXPROCS(2*readers + 2) }
 }
 
 // mount mounts the mirror and notes the mount's id for the watcher.
@@ -212,14 +212,13 @@ func (d *daemon) mount() error {
 	cfg := d.cfg
 	var m *fs.Mirror
 	said, err := captureStderr(func() (err error) {
-		return sizeForFuse(func() (err error) {
-			m, err = fs.Mount(cfg.Mountpoint, fs.Options{
-				Source: cfg.Source, FsName: cfg.FsName, ReadOnly: cfg.ReadOnly, AllowOther: cfg.AllowOther,
-				NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, KernelFlags: cfg.KernelFlags,
-				Policy: d.policy, Log: d.log,
-			})
-			return err
+		defer sizeForFuse()()
+		m, err = fs.Mount(cfg.Mountpoint, fs.Options{
+			Source: cfg.Source, FsName: cfg.FsName, ReadOnly: cfg.ReadOnly, AllowOther: cfg.AllowOther,
+			NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, KernelFlags: cfg.KernelFlags,
+			Policy: d.policy, Log: d.log,
 		})
+		return err
 	})
 	if err != nil {
 		if said != "" {
