@@ -17,6 +17,7 @@ import (
 var bin string
 
 func TestMain(m *testing.M) {
+	runProbeIfAsked() // the test binary as the hostile user's tool
 	os.Exit(run(m))
 }
 
