@@ -201,32 +201,6 @@ func (n *node) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn ui
 	return copyRange(fhIn, fhOut, offIn, offOut, length, flags)
 }
 
-var _ = (gofs.NodeIoctler)((*node)(nil))
-
-// readOnlyIoctls are the ioctls that only read; under read_only every other
-// one is refused, since the loopback would run it on the source as root
-// (chattr, for one, needs no more than a read-only handle).
-var readOnlyIoctls = map[uint32]bool{
-	unix.FS_IOC_GETFLAGS: true,
-	fsIocFsgetxattr:      true,
-	unix.TIOCINQ:         true, // FIONREAD
-}
-
-// fsIocFsgetxattr is FS_IOC_FSGETXATTR, _IOR('X', 31, struct fsxattr).
-const fsIocFsgetxattr = 0x801c581f
-
-func (n *node) Ioctl(ctx context.Context, f gofs.FileHandle, cmd uint32, arg uint64, input, output []byte) (int32, syscall.Errno) {
-	if !readOnlyIoctls[cmd] {
-		if errno := n.guardWrite(); errno != 0 {
-			return 0, errno
-		}
-	}
-	if fi, ok := f.(gofs.FileIoctler); ok {
-		return fi.Ioctl(ctx, cmd, arg, input, output)
-	}
-	return 0, syscall.ENOTTY
-}
-
 var _ = (gofs.NodeTmpfiler)((*node)(nil))
 
 func (n *node) Tmpfile(ctx context.Context, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {

@@ -57,6 +57,7 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 	if err != nil {
 		return nil, err
 	}
+	root.m.readOnly = o.ReadOnly
 	b := &backing{disabled: o.NoPassthrough, log: o.Log}
 	opts := o.gofsOptions(b)
 	opts.RootStableAttr = &root.m.rootAttr // the mountpoint shows SOURCE's inode number, not 0

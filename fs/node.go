@@ -20,6 +20,7 @@ type shared struct {
 	rootFd   int                           // SOURCE, O_PATH, held for the mirror's life
 	dev      uint64                        // SOURCE's device
 	euid     int
+	readOnly bool // mounted -o ro
 	root     *gofs.Inode
 	rootAttr gofs.StableAttr
 	rootRef  *dirRef      // rootFd, never released
