@@ -155,8 +155,9 @@ func fsGetXattr(c ioctlCall) (int32, syscall.Errno) {
 
 // setFlags sets the flags of linux/fs.h (chattr) as the caller could on
 // SOURCE: see mayChangeFlags. The owner is SOURCE's, not the mirror's
-// cached one. A change of the flags between the read and the set is lost,
-// as between chattr's own; it cannot give the caller a flag she may not set.
+// cached one. A change made by another between the read and the set is
+// lost, as between chattr's own get and set (the file system's check runs
+// under the inode's lock, which the daemon cannot hold).
 func setFlags(c ioctlCall) (int32, syscall.Errno) {
 	if len(c.in) < 4 {
 		return 0, syscall.EINVAL
