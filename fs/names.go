@@ -2,11 +2,11 @@ package fs
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"unicode"
-	"unicode/utf8"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"golang.org/x/sys/unix"
@@ -83,8 +83,12 @@ func (n *node) probeFold() int32 {
 			}
 		}
 	}
+	// Inode numbers cannot tell: a FUSE source may number a file by the
+	// path it was reached by. A stored name reached by another case that
+	// the folder does not store is what a case-insensitive folder does.
+	ents := readNames(fd)
 	name := ""
-	for _, e := range readNames(fd) {
+	for _, e := range ents {
 		if swapCase(e.name) != e.name {
 			name = e.name
 			break
@@ -93,14 +97,17 @@ func (n *node) probeFold() int32 {
 	if name == "" {
 		return foldUnknown // nothing to probe with yet
 	}
-	var a, b unix.Statx_t
-	if statx(fd, name, unix.AT_SYMLINK_NOFOLLOW, &a) != 0 {
-		return foldUnknown
-	}
-	if statx(fd, swapCase(name), unix.AT_SYMLINK_NOFOLLOW, &b) != 0 {
+	swapped := swapCase(name)
+	var x unix.Statx_t
+	if statx(fd, swapped, unix.AT_SYMLINK_NOFOLLOW, &x) != 0 {
 		return foldSensitive
 	}
-	return foldOf(sameFile(&a, &b))
+	for _, e := range ents {
+		if e.name == swapped {
+			return foldSensitive // both are stored: two files
+		}
+	}
+	return foldInsensitive
 }
 
 func foldOf(insensitive bool) int32 {
@@ -160,9 +167,11 @@ func readNames(fd int) []dirent {
 }
 
 // storedNames are the names n's folder stores for the entry that name
-// reaches: those equal to name but for case, else those with its inode
-// number (another normalisation of name); each is checked to reach that
-// same file. None when name reaches nothing.
+// reaches: those equal to name but for case (a folder stores one of them;
+// inode numbers are not compared, since a FUSE source may number a file by
+// the path it was reached by), else those with its inode number that reach
+// the same file (another normalisation of name). None when name reaches
+// nothing.
 func (n *node) storedNames(name string) []string {
 	fd, errno := n.openDir()
 	if errno != 0 {
@@ -174,24 +183,19 @@ func (n *node) storedNames(name string) []string {
 		return nil
 	}
 	ents := readNames(fd)
-	var cands []string
+	var names []string
 	for _, e := range ents {
 		if strings.EqualFold(e.name, name) {
-			cands = append(cands, e.name)
+			names = append(names, e.name)
 		}
 	}
-	if len(cands) == 0 {
-		for _, e := range ents {
-			if e.ino == want.Ino && utf8.ValidString(e.name) {
-				cands = append(cands, e.name)
-			}
-		}
+	if len(names) > 0 {
+		return names
 	}
-	var names []string
-	for _, c := range cands {
+	for _, e := range ents {
 		var x unix.Statx_t
-		if statx(fd, c, unix.AT_SYMLINK_NOFOLLOW, &x) == 0 && sameFile(&x, &want) {
-			names = append(names, c)
+		if e.ino == want.Ino && statx(fd, e.name, unix.AT_SYMLINK_NOFOLLOW, &x) == 0 && sameFile(&x, &want) {
+			names = append(names, e.name)
 		}
 	}
 	return names
@@ -259,4 +263,28 @@ func (n *node) hiddenErr(p *policy.Policy) syscall.Errno {
 		return syscall.ENOENT
 	}
 	return 0
+}
+
+// storedPath is n's path from the root by the names SOURCE stores: a
+// folder reached as "ETC" on a case-insensitive source is "etc" to an
+// anchored pattern. It is built only when such a pattern's last component
+// matches.
+func (n *node) storedPath() string {
+	var names []string
+	for in := n.EmbeddedInode(); in != n.m.root; {
+		name, parent := in.Parent()
+		if parent == nil {
+			break
+		}
+		pn := parent.Operations().(*node)
+		if pn.caseInsensitive() {
+			if stored := pn.storedNames(name); len(stored) == 1 {
+				name = stored[0]
+			}
+		}
+		names = append(names, name)
+		in = parent
+	}
+	slices.Reverse(names)
+	return strings.Join(names, "/")
 }

@@ -46,13 +46,13 @@ func (n *node) childRel(p *policy.Policy, name string) string {
 	if !p.NeedsPath() {
 		return ""
 	}
-	return path.Join(n.Path(nil), name)
+	return path.Join(n.storedPath(), name)
 }
 
 // hidden says whether the entry name in n is hidden; the entry's path is
 // built only if an anchored pattern's last component matches the name.
 func (n *node) hidden(p *policy.Policy, name string, isDir bool) bool {
-	return p.Hides() && p.HiddenLazy(name, isDir, func() string { return path.Join(n.Path(nil), name) })
+	return p.Hides() && p.HiddenLazy(name, isDir, func() string { return path.Join(n.storedPath(), name) })
 }
 
 // mayHide says whether name in n could be hidden, whatever its type.
