@@ -109,13 +109,24 @@ func (m *Mirror) Wait() {
 	m.closeRoot.Do(func() { unix.Close(m.root.m.rootFd) })
 }
 
-// SetPolicy swaps in p at once: each request sees the old policy or the new
-// one, never a mix. Names the kernel has cached that p hides are dropped from
-// its cache, so the very next lookup of them fails; so are the listings it
-// keeps of folders (FOPEN_CACHE_DIR), when the hidden names may differ.
+// SetPolicy swaps in p at once: each request reads the policy once and
+// decides by the old one or the new one, never a mix. Names the kernel has
+// cached that p hides are dropped from its cache, so the very next lookup
+// of them fails; so are the listings it keeps of folders (FOPEN_CACHE_DIR),
+// when the hidden names may differ.
+//
+// A request decided under the old policy may still be on its way: its
+// reply is written to /dev/fuse after its method returns, possibly after
+// the drops below. Such a reply is given the shortest cache timeout if the
+// request ends after the swap (setEntryTimeouts); one that ended before it
+// but is written after is caught by the epoch (incEpoch), which makes the
+// kernel look up again every entry whose lookup began before this point.
+// Without the epoch (Linux < 6.16) that last window stays open: such a
+// reply keeps its entry cached for the old policy's entry timeout.
 func (m *Mirror) SetPolicy(p *policy.Policy) {
 	old := m.root.m.policy.Swap(p)
 	if p.Hides() {
+		incEpoch(m.Server) // best effort: see above
 		invalidateHidden(p, m.root.EmbeddedInode(), "")
 	}
 	if p.Hides() || old.Hides() {

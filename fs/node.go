@@ -37,6 +37,8 @@ type node struct {
 	handles []handle                // the way to a node no folder holds (at.go)
 	listed  atomic.Pointer[listing] // the kernel's kept listing, nil: none
 	kept    atomic.Pointer[dirRef]
+	fold    atomic.Int32            // how the folder compares names (names.go)
+	verdict atomic.Pointer[verdict] // pathHidden's last answer (names.go)
 }
 
 // childRel is the path of the entry name in n, from the mirror's root; it
@@ -45,13 +47,13 @@ func (n *node) childRel(p *policy.Policy, name string) string {
 	if !p.NeedsPath() {
 		return ""
 	}
-	return path.Join(n.Path(nil), name)
+	return path.Join(n.storedPath(), name)
 }
 
 // hidden says whether the entry name in n is hidden; the entry's path is
 // built only if an anchored pattern's last component matches the name.
 func (n *node) hidden(p *policy.Policy, name string, isDir bool) bool {
-	return p.Hides() && p.HiddenLazy(name, isDir, func() string { return path.Join(n.Path(nil), name) })
+	return p.Hides() && p.HiddenLazy(name, isDir, func() string { return path.Join(n.storedPath(), name) })
 }
 
 // mayHide says whether name in n could be hidden, whatever its type.
@@ -59,7 +61,20 @@ func (n *node) mayHide(p *policy.Policy, name string) bool { return n.hidden(p, 
 
 func isDirMode(mode uint32) bool { return mode&syscall.S_IFMT == syscall.S_IFDIR }
 
-func setEntryTimeouts(p *policy.Policy, out *fuse.EntryOut) {
+// staleTimeout is the cache timeout of a reply decided under a policy no
+// longer in force: the shortest the kernel knows (0 would get the mount's
+// default from go-fuse's bridge), so that the next use asks again.
+const staleTimeout = time.Nanosecond
+
+// setEntryTimeouts gives out the timeouts of p, the policy the request
+// was decided under, or staleTimeout if p is no longer in force: the
+// reply may reach the kernel after SetPolicy dropped the old entries.
+func (m *shared) setEntryTimeouts(p *policy.Policy, out *fuse.EntryOut) {
+	if m.policy.Load() != p {
+		out.SetEntryTimeout(staleTimeout)
+		out.SetAttrTimeout(staleTimeout)
+		return
+	}
 	if p.EntryTimeout > 0 {
 		out.SetEntryTimeout(p.EntryTimeout)
 	}
@@ -68,27 +83,51 @@ func setEntryTimeouts(p *policy.Policy, out *fuse.EntryOut) {
 	}
 }
 
+// setAttrTimeout is setEntryTimeouts for a reply with attributes only.
+func (m *shared) setAttrTimeout(p *policy.Policy, out *fuse.AttrOut) {
+	switch {
+	case m.policy.Load() != p:
+		out.SetTimeout(staleTimeout)
+	case p.AttrTimeout > 0:
+		out.SetTimeout(p.AttrTimeout)
+	}
+}
+
 var _ = (gofs.NodeLookuper)((*node)(nil))
 
+// Lookup finds nothing in a hidden folder (a cwd or a descriptor kept
+// from before a reload) and no hidden entry, by any name that reaches it.
+// Each request reads the policy once and decides by that one throughout.
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	p := n.m.policy.Load()
+	if errno := n.hiddenErr(p); errno != 0 {
+		return nil, errno
+	}
 	child, errno := n.lookup(ctx, name, out)
 	if errno != 0 {
 		return nil, errno
 	}
-	if n.hidden(p, name, isDirMode(out.Attr.Mode)) {
+	if n.entryHidden(p, name, isDirMode(out.Attr.Mode)) {
 		return nil, syscall.ENOENT
 	}
-	setEntryTimeouts(p, out)
+	n.m.setEntryTimeouts(p, out)
 	return child, 0
 }
 
 var _ = (gofs.NodeGetattrer)((*node)(nil))
 
+// Getattr of a hidden node is refused unless it is open (go-fuse passes
+// any open file of the node along): a stat of an open file keeps working.
 func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	p := n.m.policy.Load()
+	if f == nil {
+		if errno := n.hiddenErr(p); errno != 0 {
+			return errno
+		}
+	}
 	errno := n.getattr(ctx, f, out)
-	if p := n.m.policy.Load(); errno == 0 && p.AttrTimeout > 0 {
-		out.SetTimeout(p.AttrTimeout)
+	if errno == 0 {
+		n.m.setAttrTimeout(p, out)
 	}
 	return errno
 }
@@ -98,6 +137,10 @@ var _ = (gofs.NodeOpendirHandler)((*node)(nil))
 // OpendirHandle opens the directory for listing. go-fuse uses this handle,
 // not Readdir, when a node has one: it is where hidden names are filtered.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	p := n.m.policy.Load()
+	if errno := n.hiddenErr(p); errno != 0 {
+		return nil, 0, errno
+	}
 	fd, errno := n.openDir()
 	if errno != 0 {
 		return nil, 0, errno
@@ -107,7 +150,6 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 		syscall.Close(fd)
 		return nil, 0, errno
 	}
-	p := n.m.policy.Load()
 	d := &dir{ds: ds.(dirStream), n: n, fd: fd, policy: p}
 	n.opened(d)
 	return d, n.listingFlags(p), 0
