@@ -20,6 +20,7 @@ type shared struct {
 	rootFd   int                           // SOURCE, O_PATH, held for the mirror's life
 	dev      uint64                        // SOURCE's device
 	euid     int
+	calls    callers // switches threads to a request's caller (creds.go)
 	root     *gofs.Inode
 	rootAttr gofs.StableAttr
 	rootRef  *dirRef      // rootFd, never released
