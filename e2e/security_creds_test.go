@@ -63,8 +63,8 @@ var rootEntries = []string{"rootfile", "rootdir", "rootlink"}
 // swapWhileCreating (src mnt perKind): for each kind, over and over for
 // perKind, makes a new name through the mirror at mnt while a goroutine
 // exchanges one of root's entries with that name on the source at src;
-// after each round root's entry is swapped back to its name. It stops a
-// kind at the first of root's entries it finds given to her.
+// after each round root's entry is swapped back to its name. It moves on
+// to the next kind at the first of root's entries it finds given to her.
 func swapWhileCreating(args []string) error {
 	src, mnt := args[0], args[1]
 	perKind, err := time.ParseDuration(args[2])
@@ -74,21 +74,23 @@ func swapWhileCreating(args []string) error {
 	if err := os.WriteFile(filepath.Join(mnt, "mine"), nil, 0o644); err != nil {
 		return err
 	}
-	won := 0
+	gone := map[string]bool{} // root's entries given to her already
 	for kind, mk := range raceKinds {
 		end := time.Now().Add(perKind)
-		for i := 0; time.Now().Before(end); i++ {
+		for i := 0; time.Now().Before(end) && len(gone) < len(rootEntries); i++ {
 			name := fmt.Sprintf("%s%d", kind, i)
 			victim := rootEntries[i%len(rootEntries)]
-			swapped := raceOnce(src, victim, name, func() { mk(filepath.Join(mnt, name)) })
-			if swapped {
+			if gone[victim] {
+				continue
+			}
+			if raceOnce(src, victim, name, func() { mk(filepath.Join(mnt, name)) }) {
 				fmt.Printf("%s: root's %s given to her in round %d\n", kind, victim, i)
-				won++
+				gone[victim] = true
 				break
 			}
 		}
 	}
-	fmt.Printf("%d kinds given away\n", won)
+	fmt.Printf("%d of root's entries given away\n", len(gone))
 	return nil
 }
 
@@ -96,11 +98,16 @@ func swapWhileCreating(args []string) error {
 // root's entry back at victim and says whether it is root's no more.
 func raceOnce(src, victim, name string, mk func()) bool {
 	a, b := filepath.Join(src, victim), filepath.Join(src, name)
-	var stop sync.WaitGroup
+	var st unix.Stat_t
+	if unix.Lstat(a, &st) != nil {
+		return false
+	}
+	root := st.Ino
+	var swapper sync.WaitGroup
 	done := make(chan struct{})
-	stop.Add(1)
+	swapper.Add(1)
 	go func() {
-		defer stop.Done()
+		defer swapper.Done()
 		for {
 			select {
 			case <-done:
@@ -112,14 +119,11 @@ func raceOnce(src, victim, name string, mk func()) bool {
 	}()
 	mk()
 	close(done)
-	stop.Wait()
-	var st unix.Stat_t
-	if unix.Lstat(a, &st) == nil && st.Uid != 0 {
-		if unix.Lstat(b, &st) == nil && st.Uid == 0 {
-			unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE)
-		}
+	swapper.Wait()
+	if unix.Lstat(b, &st) == nil && st.Ino == root {
+		unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE)
 	}
-	return unix.Lstat(a, &st) == nil && st.Uid != 0
+	return unix.Lstat(a, &st) == nil && st.Ino == root && st.Uid != 0
 }
 
 // TestCreatedEntriesCannotBeSwappedForRoots: however root's entries are
@@ -146,7 +150,7 @@ func TestCreatedEntriesCannotBeSwappedForRoots(t *testing.T) {
 				roots[st.Ino] = name
 			}
 			e.start(opts...)
-			out, err := probeAsAdversary(t, "swap-while-creating", race, filepath.Join(e.mnt, "race"), "600ms")
+			out, err := probeAsAdversary(t, "swap-while-creating", race, filepath.Join(e.mnt, "race"), "400ms")
 			if err != nil {
 				t.Fatalf("probe: %v\n%s", err, out)
 			}
