@@ -296,6 +296,28 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 	return f.LoopbackFile.Release(ctx)
 }
 
+var _ = (gofs.FileWriter)((*file)(nil))
+
+// Write writes as the caller: the blocks it takes are charged and limited
+// as hers (no root reserve, no quota bypass), and a write to a set-id file
+// clears its set-id bits as one by her does. (Through passthrough the kernel
+// writes without asking; see backing.)
+func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	var n uint32
+	errno := f.n.m.asCaller(ctx, func() (errno syscall.Errno) {
+		n, errno = f.LoopbackFile.Write(ctx, data, off)
+		return errno
+	})
+	return n, errno
+}
+
+var _ = (gofs.FileAllocater)((*file)(nil))
+
+// Allocate reserves blocks as the caller, as Write does.
+func (f *file) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
+	return f.n.m.asCaller(ctx, func() syscall.Errno { return f.LoopbackFile.Allocate(ctx, off, size, mode) })
+}
+
 // openLoc locates n through a copy of an open file's descriptor.
 func (n *node) openLoc() (loc, syscall.Errno) {
 	n.mu.Lock()

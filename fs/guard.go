@@ -85,7 +85,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 			return nil, 0, errno
 		}
 	}
-	return n.open(flags)
+	return n.open(ctx, flags)
 }
 
 var _ = (gofs.NodeCreater)((*node)(nil))
@@ -180,7 +180,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if p.CoversBelow(n.childRel(p, name)) || flags&unix.RENAME_EXCHANGE != 0 && p.CoversBelow(np.childRel(p, newName)) {
 		return syscall.EPERM
 	}
-	return n.rename(name, np, newName, flags)
+	return n.rename(ctx, name, np, newName, flags)
 }
 
 var _ = (gofs.NodeUnlinker)((*node)(nil))
@@ -189,7 +189,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if errno := n.guardExisting(n.m.policy.Load(), name); errno != 0 {
 		return errno
 	}
-	return n.unlinkat(name, 0)
+	return n.unlinkat(ctx, name, 0)
 }
 
 var _ = (gofs.NodeRmdirer)((*node)(nil))
@@ -198,7 +198,7 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if errno := n.guardExisting(n.m.policy.Load(), name); errno != 0 {
 		return errno
 	}
-	return n.unlinkat(name, unix.AT_REMOVEDIR)
+	return n.unlinkat(ctx, name, unix.AT_REMOVEDIR)
 }
 
 var _ = (gofs.NodeSetattrer)((*node)(nil))
@@ -223,7 +223,7 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if errno := n.guardNode(n.m.policy.Load()); errno != 0 {
 		return errno
 	}
-	return n.setxattr(attr, data, flags)
+	return n.setxattr(ctx, attr, data, flags)
 }
 
 var _ = (gofs.NodeRemovexattrer)((*node)(nil))
@@ -232,7 +232,7 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if errno := n.guardNode(n.m.policy.Load()); errno != 0 {
 		return errno
 	}
-	return n.removexattr(attr)
+	return n.removexattr(ctx, attr)
 }
 
 var _ = (gofs.NodeAllocater)((*node)(nil))
@@ -255,7 +255,7 @@ func (n *node) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn ui
 	if errno := n.guardWrite(); errno != 0 {
 		return 0, errno
 	}
-	return copyRange(fhIn, fhOut, offIn, offOut, length, flags)
+	return n.copyRange(ctx, fhIn, fhOut, offIn, offOut, length, flags)
 }
 
 var _ = (gofs.NodeTmpfiler)((*node)(nil))

@@ -69,12 +69,6 @@ func asUID(uid uint32) context.Context {
 	return fuse.NewContext(context.Background(), &fuse.Caller{Owner: fuse.Owner{Uid: uid, Gid: uid}})
 }
 
-func requireRoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the handlers are checked against files of other owners")
-	}
-}
-
 // TestIoctlRefusesUnlisted: commands off the list give ENOTTY before any
 // of their argument is looked at, and so does a request without a handle.
 func TestIoctlRefusesUnlisted(t *testing.T) {

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"strconv"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -93,88 +92,31 @@ func (n *node) getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 	return 0
 }
 
-// made finishes an entry that mk has just made at l: it gives the entry to
-// the caller and describes it; if that fails, the entry is removed again
-// (unlinkat with rm).
+// made makes an entry with mk at name, as the caller (so it is born hers,
+// with the group a setgid folder hands down, and nothing is given away by
+// name afterwards), and describes it; if that fails, the entry is removed
+// again (unlinkat with rm), as the caller too.
 func (n *node) made(ctx context.Context, name string, out *fuse.EntryOut, rm int, mk func(loc) error) (*gofs.Inode, syscall.Errno) {
 	l, errno := n.locate(name)
 	if errno != 0 {
 		return nil, errno
 	}
 	defer l.done()
-	if err := mk(l); err != nil {
-		return nil, gofs.ToErrno(err)
-	}
-	fd, err := unix.Openat(l.dir, l.path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		unix.Unlinkat(l.dir, l.path, rm)
-		return nil, gofs.ToErrno(err)
-	}
-	defer unix.Close(fd)
-	child, errno := n.adopt(ctx, fd, out, true)
-	if errno != 0 {
-		unix.Unlinkat(l.dir, l.path, rm)
-	}
-	return child, errno
-}
-
-// adopt describes the entry fd of n and, if made (by this call), gives it
-// to the caller.
-func (n *node) adopt(ctx context.Context, fd int, out *fuse.EntryOut, made bool) (*gofs.Inode, syscall.Errno) {
 	var x unix.Statx_t
-	if errno := statxFd(fd, &x); errno != 0 {
+	errno = n.m.asCaller(ctx, func() syscall.Errno {
+		if err := mk(l); err != nil {
+			return gofs.ToErrno(err)
+		}
+		errno := statxAt(l, &x)
+		if errno != 0 {
+			unix.Unlinkat(l.dir, l.path, rm)
+		}
+		return errno
+	})
+	if errno != 0 {
 		return nil, errno
 	}
-	if made && n.own(ctx, fd, &x) {
-		if errno := statxFd(fd, &x); errno != 0 {
-			return nil, errno
-		}
-	}
 	return n.newChild(ctx, &x, out), 0
-}
-
-// own gives the new entry fd of n, with its description x, to the caller,
-// as a plain directory would: the mirror, running as root, made it as root.
-// The group is the caller's, or n's when n is setgid (root's make gave it
-// that one). A chown by root clears setuid and setgid on a file; they are
-// set again on the same inode, through the descriptor's /proc link (chmod
-// has no AT_EMPTY_PATH). It says whether it changed anything.
-func (n *node) own(ctx context.Context, fd int, x *unix.Statx_t) bool {
-	caller, ok := fuse.FromContext(ctx)
-	if !ok || n.m.euid != 0 {
-		return false
-	}
-	// Not root's, or a file with other names: not the entry just made (the
-	// name was swapped meanwhile). It stays as it is.
-	if x.Uid != 0 || x.Mode&unix.S_IFMT != unix.S_IFDIR && x.Nlink > 1 {
-		return false
-	}
-	uid, gid := caller.Uid, caller.Gid
-	if gid != x.Gid && n.setgid() {
-		gid = x.Gid
-	}
-	if uid == x.Uid && gid == x.Gid {
-		return false
-	}
-	if unix.Fchownat(fd, "", int(uid), int(gid), unix.AT_EMPTY_PATH) != nil {
-		return false
-	}
-	typ := uint32(x.Mode) & unix.S_IFMT
-	if x.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 && typ != unix.S_IFDIR && typ != unix.S_IFLNK {
-		unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), uint32(x.Mode)&0o7777)
-	}
-	return true
-}
-
-// setgid says whether n's folder hands its group down.
-func (n *node) setgid() bool {
-	l, errno := n.locate("")
-	if errno != 0 {
-		return false
-	}
-	defer l.done()
-	var x unix.Statx_t
-	return statxAt(l, &x) == 0 && x.Mode&unix.S_ISGID != 0
 }
 
 func (n *node) mknod(ctx context.Context, name string, mode, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -201,8 +143,8 @@ func (n *node) tmpfile(ctx context.Context, flags, mode uint32, out *fuse.EntryO
 	return n.openNew(ctx, "", flags|unix.O_TMPFILE, mode, out, false)
 }
 
-// openNew opens name in n with flags that make a new file; if mayExist,
-// an existing file is opened instead.
+// openNew opens name in n with flags that make a new file, as the caller;
+// if mayExist, an existing file is opened instead.
 func (n *node) openNew(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut, mayExist bool) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	l, errno := n.locate(name)
 	if errno != 0 {
@@ -210,22 +152,28 @@ func (n *node) openNew(ctx context.Context, name string, flags, mode uint32, out
 	}
 	defer l.done()
 	flags &^= syscall.O_APPEND
-	fd, err := unix.Openat(l.dir, l.path, int(flags)|unix.O_CLOEXEC, mode)
-	made := err == nil
-	if err == unix.EEXIST && mayExist {
-		fd, err = openNoSymlinks(l, int(flags&^(unix.O_CREAT|unix.O_EXCL)))
-	}
-	if err != nil {
-		return nil, nil, 0, gofs.ToErrno(err)
-	}
-	child, errno := n.adopt(ctx, fd, out, made)
+	fd, made := -1, false
+	errno = n.m.asCaller(ctx, func() syscall.Errno {
+		var err error
+		fd, err = unix.Openat(l.dir, l.path, int(flags)|unix.O_CLOEXEC, mode)
+		made = err == nil
+		if err == unix.EEXIST && mayExist {
+			fd, err = openNoSymlinks(l, int(flags&^(unix.O_CREAT|unix.O_EXCL)))
+		}
+		return gofs.ToErrno(err)
+	})
 	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	var x unix.Statx_t
+	if errno := statxFd(fd, &x); errno != 0 {
 		unix.Close(fd)
 		if made && l.path != "" {
-			unix.Unlinkat(l.dir, l.path, 0) // as made does
+			n.m.asCaller(ctx, func() syscall.Errno { return gofs.ToErrno(unix.Unlinkat(l.dir, l.path, 0)) })
 		}
 		return nil, nil, 0, errno
 	}
+	child := n.newChild(ctx, &x, out)
 	return child, child.Operations().(*node).newFile(fd), openFlags(fd), 0
 }
 
@@ -240,15 +188,15 @@ func (n *node) link(ctx context.Context, target *node, name string, out *fuse.En
 		return nil, errno
 	}
 	defer l.done()
-	var err error
-	if from.path == "" {
-		// An open file in no folder, as an O_TMPFILE one: by its descriptor.
-		err = unix.Linkat(unix.AT_FDCWD, from.proc(), l.dir, l.path, unix.AT_SYMLINK_FOLLOW)
-	} else {
-		err = unix.Linkat(from.dir, from.path, l.dir, l.path, 0)
-	}
-	if err != nil {
-		return nil, gofs.ToErrno(err)
+	errno = n.m.asCaller(ctx, func() syscall.Errno {
+		if from.path == "" {
+			// An open file in no folder, as an O_TMPFILE one: by its descriptor.
+			return gofs.ToErrno(unix.Linkat(unix.AT_FDCWD, from.proc(), l.dir, l.path, unix.AT_SYMLINK_FOLLOW))
+		}
+		return gofs.ToErrno(unix.Linkat(from.dir, from.path, l.dir, l.path, 0))
+	})
+	if errno != 0 {
+		return nil, errno
 	}
 	var x unix.Statx_t
 	if errno := statxAt(l, &x); errno != 0 {
@@ -257,16 +205,16 @@ func (n *node) link(ctx context.Context, target *node, name string, out *fuse.En
 	return n.newChild(ctx, &x, out), 0
 }
 
-func (n *node) unlinkat(name string, flags int) syscall.Errno {
+func (n *node) unlinkat(ctx context.Context, name string, flags int) syscall.Errno {
 	l, errno := n.locate(name)
 	if errno != 0 {
 		return errno
 	}
 	defer l.done()
-	return gofs.ToErrno(unix.Unlinkat(l.dir, l.path, flags))
+	return n.m.asCaller(ctx, func() syscall.Errno { return gofs.ToErrno(unix.Unlinkat(l.dir, l.path, flags)) })
 }
 
-func (n *node) rename(name string, to *node, newName string, flags uint32) syscall.Errno {
+func (n *node) rename(ctx context.Context, name string, to *node, newName string, flags uint32) syscall.Errno {
 	a, errno := n.locate(name)
 	if errno != 0 {
 		return errno
@@ -277,7 +225,9 @@ func (n *node) rename(name string, to *node, newName string, flags uint32) sysca
 		return errno
 	}
 	defer b.done()
-	return gofs.ToErrno(unix.Renameat2(a.dir, a.path, b.dir, b.path, uint(flags)))
+	return n.m.asCaller(ctx, func() syscall.Errno {
+		return gofs.ToErrno(unix.Renameat2(a.dir, a.path, b.dir, b.path, uint(flags)))
+	})
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
@@ -298,18 +248,24 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	}
 }
 
-// open opens n's file. Its path is resolved without following any
-// symlink: a folder swapped for one on the source cannot lead elsewhere.
-func (n *node) open(flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+// open opens n's file, as the caller. Its path is resolved without
+// following any symlink: a folder swapped for one on the source cannot lead
+// elsewhere.
+func (n *node) open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	l, errno := n.locate("")
 	if errno != 0 {
 		return nil, 0, errno
 	}
 	defer l.done()
 	flags &^= syscall.O_APPEND | fuse.FMODE_EXEC
-	fd, err := openNoSymlinks(l, int(flags))
-	if err != nil {
-		return nil, 0, gofs.ToErrno(err)
+	fd := -1
+	errno = n.m.asCaller(ctx, func() syscall.Errno {
+		var err error
+		fd, err = openNoSymlinks(l, int(flags))
+		return gofs.ToErrno(err)
+	})
+	if errno != 0 {
+		return nil, 0, errno
 	}
 	return n.newFile(fd), openFlags(fd), 0
 }
@@ -364,7 +320,42 @@ func (n *node) openDir() (int, syscall.Errno) {
 	return fd, gofs.ToErrno(err)
 }
 
+// setattr changes n as the caller. One change is the kernel's own, not
+// hers: when someone writes a set-id file she does not own, the kernel
+// clears its setuid and setgid bits with a chmod she could not make herself;
+// that chmod alone is made as the daemon.
 func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	errno := n.m.asCaller(ctx, func() syscall.Errno { return n.setattrAs(ctx, f, in, out) })
+	if errno != syscall.EPERM || !n.dropsSetID(ctx, f, in) {
+		return errno
+	}
+	chmod := *in
+	chmod.Valid &= fuse.FATTR_MODE | fuse.FATTR_FH | fuse.FATTR_LOCKOWNER
+	if errno := n.setattrAs(ctx, f, &chmod, out); errno != 0 || chmod.Valid == in.Valid {
+		return errno
+	}
+	rest := *in
+	rest.Valid &^= fuse.FATTR_MODE
+	return n.m.asCaller(ctx, func() syscall.Errno { return n.setattrAs(ctx, f, &rest, out) })
+}
+
+// dropsSetID says whether in changes n's mode only by clearing its setuid
+// or setgid bits.
+func (n *node) dropsSetID(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn) bool {
+	mode, ok := in.GetMode()
+	if !ok {
+		return false
+	}
+	var a fuse.AttrOut
+	if n.getattr(ctx, f, &a) != 0 {
+		return false
+	}
+	const setID = unix.S_ISUID | unix.S_ISGID
+	now := a.Mode & 0o7777
+	return mode&^0o7777 == 0 && mode&^now == 0 && (now^mode)&^setID == 0 && now != mode
+}
+
+func (n *node) setattrAs(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if fs, ok := f.(gofs.FileSetattrer); ok {
 		return fs.Setattr(ctx, in, out) // which describes the file too
 	}
@@ -485,20 +476,27 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	return 0
 }
 
-// xattr runs call on a path to n; follow says whether the path is a /proc
-// link to n, to be followed, or n's own name, not to be.
-func (n *node) xattr(call func(path string, follow bool) (int, error)) (uint32, syscall.Errno) {
+// xattr runs call on a path to n, as the caller (reading too: as root, the
+// trusted.* attributes would be read and listed for anyone); follow says
+// whether the path is a /proc link to n, to be followed, or n's own name,
+// not to be.
+func (n *node) xattr(ctx context.Context, call func(path string, follow bool) (int, error)) (uint32, syscall.Errno) {
 	l, errno := n.locate("")
 	if errno != 0 {
 		return 0, errno
 	}
 	defer l.done()
-	size, err := call(l.proc(), l.path == "")
-	return uint32(size), gofs.ToErrno(err)
+	var size int
+	errno = n.m.asCaller(ctx, func() syscall.Errno {
+		var err error
+		size, err = call(l.proc(), l.path == "")
+		return gofs.ToErrno(err)
+	})
+	return uint32(size), errno
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	return n.xattr(func(p string, follow bool) (int, error) {
+	return n.xattr(ctx, func(p string, follow bool) (int, error) {
 		if follow {
 			return unix.Getxattr(p, attr, dest)
 		}
@@ -507,7 +505,7 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	return n.xattr(func(p string, follow bool) (int, error) {
+	return n.xattr(ctx, func(p string, follow bool) (int, error) {
 		if follow {
 			return unix.Listxattr(p, dest)
 		}
@@ -515,8 +513,8 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	})
 }
 
-func (n *node) setxattr(attr string, data []byte, flags uint32) syscall.Errno {
-	_, errno := n.xattr(func(p string, follow bool) (int, error) {
+func (n *node) setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	_, errno := n.xattr(ctx, func(p string, follow bool) (int, error) {
 		if follow {
 			return 0, unix.Setxattr(p, attr, data, int(flags))
 		}
@@ -525,8 +523,8 @@ func (n *node) setxattr(attr string, data []byte, flags uint32) syscall.Errno {
 	return errno
 }
 
-func (n *node) removexattr(attr string) syscall.Errno {
-	_, errno := n.xattr(func(p string, follow bool) (int, error) {
+func (n *node) removexattr(ctx context.Context, attr string) syscall.Errno {
+	_, errno := n.xattr(ctx, func(p string, follow bool) (int, error) {
 		if follow {
 			return 0, unix.Removexattr(p, attr)
 		}
@@ -535,8 +533,9 @@ func (n *node) removexattr(attr string) syscall.Errno {
 	return errno
 }
 
-// copyRange copies between two open files of the mirror, on the source.
-func copyRange(in, out gofs.FileHandle, offIn, offOut, length, flags uint64) (uint32, syscall.Errno) {
+// copyRange copies between two open files of the mirror, on the source, as
+// the caller: the blocks it takes are hers.
+func (n *node) copyRange(ctx context.Context, in, out gofs.FileHandle, offIn, offOut, length, flags uint64) (uint32, syscall.Errno) {
 	fin, ok1 := in.(gofs.FilePassthroughFder)
 	fout, ok2 := out.(gofs.FilePassthroughFder)
 	if !ok1 || !ok2 {
@@ -548,6 +547,11 @@ func copyRange(in, out gofs.FileHandle, offIn, offOut, length, flags uint64) (ui
 		return 0, syscall.EBADF
 	}
 	oi, oo := int64(offIn), int64(offOut)
-	count, err := unix.CopyFileRange(fdIn, &oi, fdOut, &oo, int(length), int(flags))
-	return uint32(count), gofs.ToErrno(err)
+	var count int
+	errno := n.m.asCaller(ctx, func() syscall.Errno {
+		var err error
+		count, err = unix.CopyFileRange(fdIn, &oi, fdOut, &oo, int(length), int(flags))
+		return gofs.ToErrno(err)
+	})
+	return uint32(count), errno
 }

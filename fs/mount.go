@@ -58,7 +58,8 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 		return nil, err
 	}
 	root.m.readOnly = o.ReadOnly
-	b := &backing{disabled: o.NoPassthrough, log: o.Log}
+	root.m.calls.log = o.Log
+	b := &backing{disabled: o.NoPassthrough, log: o.Log, calls: root.m.registrar()}
 	opts := o.gofsOptions(b)
 	opts.RootStableAttr = &root.m.rootAttr // the mountpoint shows SOURCE's inode number, not 0
 	raw := gofs.NewNodeFS(root, opts)

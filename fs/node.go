@@ -20,7 +20,8 @@ type shared struct {
 	rootFd   int                           // SOURCE, O_PATH, held for the mirror's life
 	dev      uint64                        // SOURCE's device
 	euid     int
-	readOnly bool // mounted -o ro
+	readOnly bool    // mounted -o ro
+	calls    callers // switches threads to a request's caller (creds.go)
 	root     *gofs.Inode
 	rootAttr gofs.StableAttr
 	rootRef  *dirRef      // rootFd, never released

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"syscall"
 
+	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -20,6 +21,7 @@ type backing struct {
 	srv      *fuse.Server
 	disabled bool // -o nopassthrough
 	log      *slog.Logger
+	calls    *callers // nil: registered as the daemon is (not root)
 
 	mu    sync.Mutex
 	state string
@@ -46,12 +48,51 @@ func (b *backing) RegisterBackingFd(m *fuse.BackingMap) (int32, syscall.Errno) {
 	if b.disabled {
 		return 0, syscall.ENOSYS
 	}
-	id, errno := b.srv.RegisterBackingFd(m)
+	id, errno := b.register(m)
 	if errno != 0 {
 		b.set(fmt.Sprintf("off (registering a backing file failed: %v)", errno), slog.LevelWarn)
 	} else {
 		b.set("on", slog.LevelInfo)
 	}
+	return id, errno
+}
+
+// capSysAdmin is what registering a backing file needs (the ioctl checks
+// it); nothing else is kept.
+const capSysAdmin = 1 << unix.CAP_SYS_ADMIN
+
+// nobody is the overflow id, that of no user.
+const nobody = 65534
+
+// register registers m's file. Through passthrough the kernel reads and
+// writes it with the credentials of whoever registered it, for every opener
+// of the inode, without asking the daemon. So the registration is made
+// with none of root's power over storage: on a thread whose effective
+// capabilities are CAP_SYS_ADMIN alone (no CAP_SYS_RESOURCE: no quota
+// bypass; no CAP_FSETID: a write clears set-id bits) and whose file-system
+// ids are the file's owner's, or nobody's for a file of root's (ext4 gives
+// its reserved blocks to uid 0 as such, capability or not). So no write
+// through passthrough uses root's reserve, not even root's own: less than
+// root may do on SOURCE itself.
+func (b *backing) register(m *fuse.BackingMap) (id int32, errno syscall.Errno) {
+	if b.calls == nil {
+		return b.srv.RegisterBackingFd(m)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(m.Fd), &st); err != nil {
+		return 0, gofs.ToErrno(err)
+	}
+	t := thread{uid: st.Uid, gid: st.Gid, keep: capSysAdmin}
+	if t.uid == 0 {
+		t.uid = nobody
+	}
+	if t.gid == 0 {
+		t.gid = nobody
+	}
+	errno = b.calls.as(t, func() syscall.Errno {
+		id, errno = b.srv.RegisterBackingFd(m)
+		return errno
+	})
 	return id, errno
 }
 
