@@ -53,22 +53,66 @@ func (m *shared) asCaller(ctx context.Context, fn func() syscall.Errno) syscall.
 	return m.calls.as(thread{uid: c.Uid, gid: c.Gid, groups: m.calls.groups.of(c)}, fn)
 }
 
-// as runs fn on a thread switched to t.
+// as runs fn on the calling goroutine's thread, locked and switched to t,
+// and switches it back. A switch to the daemon's own fsuid is no switch:
+// refused, so that a thread's fsuid says whether it is switched.
+//
+// The request's own goroutine is locked rather than a goroutine started
+// for it or handed to a pool of locked workers: locking costs nothing,
+// while a hand-off between threads costs more than the switch itself
+// (BenchmarkAsCaller). The price is that a thread that cannot be switched
+// back must not return to the request's caller, which would go on serving
+// others on it; so the daemon ends (restoreOrEnd). Restoring a root
+// thread's own credentials fails only when the kernel cannot allocate a
+// few hundred bytes, as virtiofsd assumes when it exits on a failed
+// restore. The restore is deferred: a panic in fn, which go-fuse recovers
+// from, does not leave the thread switched either.
 func (c *callers) as(t thread, fn func() syscall.Errno) syscall.Errno {
+	base, err := baseline()
+	if err != nil || t.uid == base.fsuid {
+		return syscall.EPERM
+	}
+	runtime.LockOSThread()
+	nested, err := t.apply(base)
+	if nested {
+		runtime.UnlockOSThread()
+		return c.nested(t, fn)
+	}
+	defer c.restoreOrEnd(base, t)
+	if err != nil {
+		return syscall.EPERM
+	}
+	return fn()
+}
+
+// nested runs fn as t from within another fn, whose thread is switched
+// and has not the power to switch again: on a thread of another goroutine,
+// which is not switched (the one of this goroutine stays locked to it).
+func (c *callers) nested(t thread, fn func() syscall.Errno) syscall.Errno {
 	done := make(chan syscall.Errno, 1)
-	// A goroutine of its own: if the thread cannot be given back its
-	// credentials, it stays locked, and Go ends it with this goroutine.
 	go func() {
-		runtime.LockOSThread()
-		errno, err := t.run(fn)
-		if err == nil {
-			runtime.UnlockOSThread()
-		} else {
-			c.logger().Error("a thread could not get its credentials back; it ends", "err", err)
+		base, err := baseline()
+		if err != nil || setfsuid(unchanged) != base.fsuid {
+			done <- syscall.EPERM // not a thread of the daemon's own: never
+			return
 		}
-		done <- errno
+		done <- c.as(t, fn)
 	}()
 	return <-done
+}
+
+// restoreOrEnd switches the locked thread back from t to base and unlocks
+// it; if it cannot, the daemon ends (see as).
+func (c *callers) restoreOrEnd(base *creds, t thread) {
+	var err error
+	for try := 0; try < 2; try++ {
+		if err = base.restore(t); err == nil {
+			runtime.UnlockOSThread()
+			return
+		}
+	}
+	c.logger().Error("a thread could not get the daemon's credentials back; the daemon ends", "err", err)
+	os.Exit(1)
 }
 
 // registrar is what registers backing files with less than root's power
@@ -96,31 +140,39 @@ type thread struct {
 	keep     uint64
 }
 
-// run runs fn on the current, locked, thread switched to t. errno is fn's,
-// or EPERM if the switch failed; err says the thread could not be restored.
-func (t thread) run(fn func() syscall.Errno) (errno syscall.Errno, err error) {
-	old, err := current()
-	if err != nil {
-		return syscall.EPERM, nil // nothing changed yet
-	}
-	if switchErr := t.apply(); switchErr != nil {
-		return syscall.EPERM, old.restore()
-	}
-	errno = fn()
-	return errno, old.restore()
-}
-
-// saved are a thread's credentials before a switch.
-type saved struct {
+// creds are a thread's credentials.
+type creds struct {
 	fsuid, fsgid uint32
 	groups       []uint32
 	caps         [2]unix.CapUserData
 }
 
+// daemonCreds holds the daemon's own credentials, which every thread has while
+// it is not switched: read once, as they do not change while it serves.
+var daemonCreds struct {
+	once  sync.Once
+	creds creds
+	err   error
+}
+
+func baseline() (*creds, error) {
+	daemonCreds.once.Do(func() {
+		runtime.LockOSThread() // the four reads from one thread
+		defer runtime.UnlockOSThread()
+		daemonCreds.creds, daemonCreds.err = current()
+	})
+	return &daemonCreds.creds, daemonCreds.err
+}
+
 var capHeader = unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 
-const unchanged = ^uint32(0) // setfsuid/setfsgid(-1) only report the current id
+// unchanged makes setfsuid and setfsgid only report the current id, at
+// the price of a plain system call: an id that is no id is refused before
+// the kernel prepares new credentials, which is what costs.
+const unchanged = ^uint32(0)
 
+// setfsuid and setfsgid return the id before the call, whether or not it
+// changed it: a failure is silent.
 func setfsuid(id uint32) uint32 {
 	prev, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, uintptr(id), 0, 0)
 	return uint32(prev)
@@ -170,8 +222,8 @@ func setcaps(caps *[2]unix.CapUserData) error {
 }
 
 // current reads the calling thread's credentials.
-func current() (saved, error) {
-	s := saved{fsuid: setfsuid(unchanged), fsgid: setfsgid(unchanged)}
+func current() (creds, error) {
+	s := creds{fsuid: setfsuid(unchanged), fsgid: setfsgid(unchanged)}
 	var err error
 	if s.groups, err = getgroups(); err != nil {
 		return s, err
@@ -179,53 +231,66 @@ func current() (saved, error) {
 	return s, getcaps(&s.caps)
 }
 
-// apply switches the thread: groups and ids first, while it still has
-// CAP_SETGID and CAP_SETUID, then the effective capabilities go, all but
-// t.keep (setfsuid drops only the file-system ones; CAP_SYS_RESOURCE, for
-// one, bypasses reserves and quotas). Each step is read back.
-func (t thread) apply() error {
-	if err := setgroups(t.groups); err != nil {
-		return fmt.Errorf("setgroups: %w", err)
+// apply switches the thread from base to t. Each credential the kernel
+// sets anew costs it an allocation (about as much as the rest of a
+// request), so apply sets only what differs from base, and reads back only
+// what can fail silently: the file-system ids.
+//
+// The fsuid goes first: what setfsuid returns says whether the thread was
+// base's (if not, it is switched already: nested, and unchanged, as it has
+// not the power to change). Then, while the thread still has CAP_SETGID
+// (setfsuid drops only the file-system capabilities), the gid and the
+// groups; then the effective capabilities go, all but t.keep (CAP_SYS_RESOURCE,
+// for one, bypasses reserves and quotas).
+func (t thread) apply(base *creds) (nested bool, err error) {
+	if prev := setfsuid(t.uid); prev != base.fsuid {
+		setfsuid(prev) // should t.uid have been allowed after all
+		return true, nil
 	}
-	if setfsgid(t.gid); setfsgid(unchanged) != t.gid {
-		return fmt.Errorf("setfsgid %d refused", t.gid)
+	if t.gid != base.fsgid {
+		setfsgid(t.gid)
 	}
-	if setfsuid(t.uid); setfsuid(unchanged) != t.uid {
-		return fmt.Errorf("setfsuid %d refused", t.uid)
+	if !slices.Equal(t.groups, base.groups) {
+		if err := setgroups(t.groups); err != nil {
+			return false, fmt.Errorf("setgroups: %w", err)
+		}
 	}
-	var caps [2]unix.CapUserData
-	if err := getcaps(&caps); err != nil {
-		return err
+	if setfsuid(unchanged) != t.uid {
+		return false, fmt.Errorf("setfsuid %d refused", t.uid)
 	}
+	if setfsgid(unchanged) != t.gid {
+		return false, fmt.Errorf("setfsgid %d refused", t.gid)
+	}
+	caps := base.caps
 	caps[0].Effective &= uint32(t.keep)
 	caps[1].Effective &= uint32(t.keep >> 32)
 	if err := setcaps(&caps); err != nil {
-		return fmt.Errorf("capset: %w", err)
+		return false, fmt.Errorf("capset: %w", err)
 	}
-	return nil
+	return false, nil
 }
 
-// restore puts the thread back as s says, in the reverse order of apply
-// (capabilities first: the rest needs them), and checks that it is.
-func (s saved) restore() error {
+// restore switches the thread back from t (or from as far as apply got
+// towards it) to s. The ids go first: fsuid and fsgid back to the thread's
+// real ones need no capability; then the capabilities are set, exactly
+// (a return to fsuid 0 raises the file-system ones); then, with
+// CAP_SETGID, the groups. The ids are read back, for their failure is
+// silent; capset and setgroups say theirs.
+func (s *creds) restore(t thread) error {
+	setfsuid(s.fsuid)
+	if t.gid != s.fsgid {
+		setfsgid(s.fsgid)
+	}
 	if err := setcaps(&s.caps); err != nil {
 		return fmt.Errorf("capset: %w", err)
 	}
-	setfsuid(s.fsuid)
-	setfsgid(s.fsgid)
-	if err := setgroups(s.groups); err != nil {
-		return fmt.Errorf("setgroups: %w", err)
+	if !slices.Equal(t.groups, s.groups) {
+		if err := setgroups(s.groups); err != nil {
+			return fmt.Errorf("setgroups: %w", err)
+		}
 	}
-	now, err := current()
-	switch {
-	case err != nil:
-		return err
-	case now.fsuid != s.fsuid || now.fsgid != s.fsgid:
-		return fmt.Errorf("fsuid %d, fsgid %d after restoring %d, %d", now.fsuid, now.fsgid, s.fsuid, s.fsgid)
-	case !slices.Equal(now.groups, s.groups):
-		return fmt.Errorf("groups %v after restoring %v", now.groups, s.groups)
-	case now.caps != s.caps:
-		return fmt.Errorf("capabilities %+v after restoring %+v", now.caps, s.caps)
+	if uid, gid := setfsuid(unchanged), setfsgid(unchanged); uid != s.fsuid || gid != s.fsgid {
+		return fmt.Errorf("fsuid %d, fsgid %d after restoring %d, %d", uid, gid, s.fsuid, s.fsgid)
 	}
 	return nil
 }
