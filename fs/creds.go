@@ -26,6 +26,12 @@ import (
 // uid, gid and groups are hers and whose effective capabilities are none.
 // The kernel then checks, charges and owns everything as it would for her.
 //
+// The file-system ids are switched, not the effective ones as virtiofsd
+// does: while a thread's euid is hers, she may renice, pin or reschedule it
+// (setpriority, sched_setaffinity and sched_setscheduler check its euid),
+// and that outlasts the switch. The fsuid and fsgid are all that files are
+// checked, made and charged by; the capabilities go explicitly.
+//
 // These are raw syscalls on one locked thread: Linux keeps credentials per
 // thread, and only the C library's and Go's setuid calls spread them to all.
 // While a goroutine is locked to a thread, Go starts new threads from a
@@ -57,17 +63,24 @@ func (m *shared) asCaller(ctx context.Context, fn func() syscall.Errno) syscall.
 // and switches it back. A switch to the daemon's own fsuid is no switch:
 // refused, so that a thread's fsuid says whether it is switched.
 //
-// The request's own goroutine is locked rather than a goroutine started
-// for it or handed to a pool of locked workers: locking costs nothing,
-// while a hand-off between threads costs more than the switch itself
-// (BenchmarkAsCaller). The price is that a thread that cannot be switched
-// back must not return to the request's caller, which would go on serving
-// others on it; so the daemon ends (restoreOrEnd). Restoring a root
-// thread's own credentials fails only when the kernel cannot allocate a
-// few hundred bytes, as virtiofsd assumes when it exits on a failed
-// restore. The restore is deferred: a panic in fn, which go-fuse recovers
-// from, does not leave the thread switched either.
+// The request's own goroutine is locked, rather than a goroutine started
+// for each call (as much again as the switch's system calls, more under
+// load) or a pool of locked workers (a hand-off to a locked thread costs
+// more than the switch itself): locking costs nothing (BenchmarkAsCaller).
+// The price is that a thread that cannot be switched back must not return
+// to the request's caller, which would go on serving others on it; so the
+// daemon ends (restoreOrEnd). Restoring a root thread's own credentials
+// fails only when the kernel cannot allocate a few hundred bytes, as
+// virtiofsd assumes when it exits on a failed restore. The restore is
+// deferred: a panic in fn, which go-fuse recovers from, does not leave the
+// thread switched either.
 func (c *callers) as(t thread, fn func() syscall.Errno) syscall.Errno {
+	return c.run(t, fn, true)
+}
+
+// run is as; if the thread is switched already (fn calls as), fn runs on
+// another goroutine's thread when mayMove, else not at all.
+func (c *callers) run(t thread, fn func() syscall.Errno, mayMove bool) syscall.Errno {
 	base, err := baseline()
 	if err != nil || t.uid == base.fsuid {
 		return syscall.EPERM
@@ -76,7 +89,10 @@ func (c *callers) as(t thread, fn func() syscall.Errno) syscall.Errno {
 	nested, err := t.apply(base)
 	if nested {
 		runtime.UnlockOSThread()
-		return c.nested(t, fn)
+		if !mayMove {
+			return syscall.EPERM // a thread switched that is no one's: never
+		}
+		return c.elsewhere(t, fn)
 	}
 	defer c.restoreOrEnd(base, t)
 	if err != nil {
@@ -85,19 +101,12 @@ func (c *callers) as(t thread, fn func() syscall.Errno) syscall.Errno {
 	return fn()
 }
 
-// nested runs fn as t from within another fn, whose thread is switched
-// and has not the power to switch again: on a thread of another goroutine,
-// which is not switched (the one of this goroutine stays locked to it).
-func (c *callers) nested(t thread, fn func() syscall.Errno) syscall.Errno {
+// elsewhere runs fn as t from within another fn, whose thread is switched
+// and has not the power to switch again: on the thread of a new goroutine,
+// which is not switched, as the switched one stays locked to this one.
+func (c *callers) elsewhere(t thread, fn func() syscall.Errno) syscall.Errno {
 	done := make(chan syscall.Errno, 1)
-	go func() {
-		base, err := baseline()
-		if err != nil || setfsuid(unchanged) != base.fsuid {
-			done <- syscall.EPERM // not a thread of the daemon's own: never
-			return
-		}
-		done <- c.as(t, fn)
-	}()
+	go func() { done <- c.run(t, fn, false) }()
 	return <-done
 }
 
