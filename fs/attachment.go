@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -81,6 +82,7 @@ func newAttachment(mnt int, mountpoint string) (*attachment, error) {
 
 // landedAt checks that the mount is the one visible at the path mountpoint.
 func (a *attachment) landedAt(mountpoint string) error {
+	waitRenames(a.parent)
 	if err := a.isOurs(); err != nil {
 		return fmt.Errorf("mountpoint %s was moved while mounting: %w", mountpoint, err)
 	}
@@ -96,6 +98,20 @@ func (a *attachment) landedAt(mountpoint string) error {
 		return fmt.Errorf("mountpoint %s was moved while mounting", mountpoint)
 	}
 	return nil
+}
+
+// waitRenames returns once no rename that began before it is still under
+// way in the folder open at dir. A rename checks that it moves no
+// mountpoint before it moves anything: one that checked just before the
+// mount was attached can still move the mountpoint afterwards, and until it
+// ends a check of the name proves nothing. A rename holds its folders'
+// locks throughout, and a lookup the kernel has not cached (a name nobody
+// used) waits for the folder's lock; later renames see the mountpoint and
+// fail.
+func waitRenames(dir int) {
+	var st unix.Stat_t
+	name := fmt.Sprintf(".mirrorfs-%d-%d", unix.Getpid(), time.Now().UnixNano())
+	unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // sameFile says whether two descriptors are the same file on the same mount.
