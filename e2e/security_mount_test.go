@@ -36,7 +36,7 @@ func swapForSymlink(args []string) error {
 		if unix.Renameat2(unix.AT_FDCWD, mnt, unix.AT_FDCWD, link, unix.RENAME_EXCHANGE) == nil {
 			swaps++
 		}
-		if i%256 == 0 && exists(stop) {
+		if i%256 == 0 && (exists(stop) || !exists(d)) {
 			break
 		}
 	}
@@ -97,8 +97,12 @@ func TestMountpointSwappedForSymlink(t *testing.T) {
 		out, err := probeAsAdversary(t, "swap-for-symlink", d, "15s")
 		swapped <- fmt.Sprintf("%s (%v)", strings.TrimSpace(out), err)
 	}()
-	pidf := filepath.Join(e.dir, "race.pid")
 	mountedOK, failed := 0, 0
+	t.Cleanup(func() { // first: the swapping ends before anything is detached
+		os.WriteFile(filepath.Join(d, "stop"), nil, 0o644)
+		t.Logf("%d starts mounted, %d failed; hostile user: %s", mountedOK, failed, <-swapped)
+	})
+	pidf := filepath.Join(e.dir, "race.pid")
 	for i, end := 0, time.Now().Add(12*time.Second); i < 30 && time.Now().Before(end); i++ {
 		args := []string{e.src, mnt, "--pidfile", pidf, "--log", e.logf, "-o", "allow_other"}
 		if i%2 == 1 {
@@ -135,8 +139,6 @@ func TestMountpointSwappedForSymlink(t *testing.T) {
 			t.Fatalf("start %d: stopped, but mounts are left: %v", i, left)
 		}
 	}
-	os.WriteFile(filepath.Join(d, "stop"), nil, 0o644)
-	t.Logf("%d starts mounted, %d failed; hostile user: %s", mountedOK, failed, <-swapped)
 }
 
 // pidOf reads a pidfile.
