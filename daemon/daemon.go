@@ -227,8 +227,8 @@ func (d *daemon) mount() error {
 		return fmt.Errorf("mount %s: %w", cfg.Mountpoint, err)
 	}
 	d.mirror = m
-	// Nothing may leak into a child (fusermount3 included); go-fuse opens
-	// /dev/fuse without O_CLOEXEC for a direct mount.
+	// Nothing may leak into a child (fusermount3 included): whatever a
+	// library opened without O_CLOEXEC gets it now.
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		d.log.Warn("close_range CLOEXEC", "err", err)
 	}
@@ -241,6 +241,10 @@ func (d *daemon) mount() error {
 	if !ok || top.FSType != FSType {
 		d.unmount()
 		return fmt.Errorf("mount %s: not in /proc/self/mountinfo after mounting", cfg.Mountpoint)
+	}
+	if id := m.MountID(); id != 0 && top.ID != id {
+		d.unmount()
+		return fmt.Errorf("mount %s: another mount (id %d) is on top of ours (id %d)", cfg.Mountpoint, top.ID, id)
 	}
 	d.mounted = top
 	d.log.Info("mounted", "mountpoint", cfg.Mountpoint, "mount_id", top.ID)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -34,6 +35,64 @@ func probeWithin(path string, timeout time.Duration) error {
 	}
 }
 
+// probeFdWithin is probeWithin for the file open at fd. The probe works
+// on a duplicate of fd, which it closes itself whenever it returns.
+func probeFdWithin(fd int, timeout time.Duration) error {
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() {
+		var st unix.Statfs_t
+		done <- unix.Fstatfs(dup, &st)
+		unix.Close(dup)
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(timeout):
+		return errNoAnswer
+	}
+}
+
+// openMountRoot opens the root of the mount with id id (as
+// /proc/self/mountinfo numbers it) at the absolute path mnt, as an O_PATH
+// descriptor, following no symlink on the way: the path comes from the
+// mount table, which shows none. It fails if the path leads elsewhere now.
+// It never asks the file system (AT_STATX_DONT_SYNC): the mount may be
+// a FUSE mount whose daemon is stopped.
+func openMountRoot(mnt string, id int) (int, error) {
+	fd, err := unix.Openat2(unix.AT_FDCWD, mnt, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS,
+	})
+	if err != nil {
+		return -1, fmt.Errorf("mountpoint %s: %w", mnt, err)
+	}
+	var x unix.Statx_t
+	err = unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_DONT_SYNC, unix.STATX_MNT_ID, &x)
+	if err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("mountpoint %s: %w", mnt, err)
+	}
+	if int(x.Mnt_id) != id || x.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+		unix.Close(fd)
+		return -1, fmt.Errorf("mountpoint %s: the mount there changed (id %d, not %d)", mnt, x.Mnt_id, id)
+	}
+	return fd, nil
+}
+
+// detachFd lazily unmounts the mount whose root is open at fd: the path
+// /proc/self/fd/N leads to that very mount. A lazy unmount does not mind
+// that the descriptor keeps the mount busy.
+func detachFd(fd int, mnt string) error {
+	if err := unix.Unmount("/proc/self/fd/"+strconv.Itoa(fd), unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("lazy unmount %s: %w", mnt, err)
+	}
+	return nil
+}
+
 // isDead says whether err is what a FUSE mount without a daemon answers.
 func isDead(err error) bool {
 	return errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED)
@@ -46,7 +105,10 @@ func isBusy(err error) bool {
 }
 
 // detach lazily unmounts mnt: it leaves the namespace at once and goes away
-// when the last open file is closed. go-fuse has no lazy unmount.
+// when the last open file is closed. go-fuse has no lazy unmount. It goes
+// by the path, which is right only for a user's daemon (fusermount3 checks
+// the mount is the user's own); as root, mounts are detached through
+// descriptors (fs.Mirror.Detach, detachFd).
 func detach(mnt string) error {
 	if os.Geteuid() == 0 {
 		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {

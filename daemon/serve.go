@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -82,7 +83,7 @@ func (d *daemon) connectionAborted() bool {
 		return false
 	}
 	d.log.Warn("connection aborted; detaching the dead mount", "mountpoint", d.cfg.Mountpoint)
-	if err := detach(d.cfg.Mountpoint); err != nil {
+	if err := d.mirror.Detach(); err != nil {
 		d.log.Error("detach", "err", err)
 	}
 	return true
@@ -154,13 +155,18 @@ func (d *daemon) unmountWithin(timeout time.Duration, served <-chan struct{}) {
 			d.log.Info("unmounted", "mountpoint", d.cfg.Mountpoint)
 			return
 		}
+		if errors.Is(err, fs.ErrNotMounted) {
+			d.log.Info("already unmounted", "mountpoint", d.cfg.Mountpoint)
+			d.waitServed(served, detachGrace)
+			return
+		}
 		if !isBusy(err) || time.Now().After(deadline) {
 			d.log.Warn("unmount failed; detaching lazily", "err", err)
 			break
 		}
 		time.Sleep(100 * time.Millisecond) // Unmount itself already waited ~150 ms
 	}
-	if err := detach(d.cfg.Mountpoint); err != nil {
+	if err := d.mirror.Detach(); err != nil {
 		d.log.Error("detach", "err", err)
 		return
 	}
@@ -172,7 +178,7 @@ func (d *daemon) unmountWithin(timeout time.Duration, served <-chan struct{}) {
 // detachGrace is how long a stop waits after a lazy detach.
 const detachGrace = time.Second
 
-// unmountBy runs go-fuse's Unmount, which waits without bound for the
+// unmountBy runs the mirror's Unmount, which waits without bound for the
 // session to end after a successful umount; done is false if it did not
 // return by deadline (plus a grace).
 func (d *daemon) unmountBy(deadline time.Time) (err error, done bool) {
@@ -202,10 +208,11 @@ func (d *daemon) abortConnection() {
 	}
 }
 
-// unmount is the quick unmount of a start that went wrong.
+// unmount is the quick unmount of a start that went wrong. The mirror
+// unmounts what it mounted, not whatever the mountpoint's path leads to.
 func (d *daemon) unmount() {
 	if err := d.mirror.Unmount(); err != nil {
-		if err := detach(d.cfg.Mountpoint); err != nil {
+		if err := d.mirror.Detach(); err != nil {
 			d.log.Error("detach", "err", err)
 		}
 	}

@@ -63,7 +63,10 @@ func within(path, dir string) bool {
 	return err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
-// checkMountpointDir checks an unmounted mountpoint is a folder.
+// checkMountpointDir checks an unmounted mountpoint is a folder. It is the
+// first answer, with a clear message; as root the mount checks again on the
+// descriptor of the folder it mounts on (fs/kmount.go), since the path may
+// lead elsewhere by then.
 func checkMountpointDir(mnt string) error {
 	if fi, err := os.Lstat(mnt); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
 		target, _ := os.Readlink(mnt)

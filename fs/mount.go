@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path"
+	"strconv"
 	"sync"
 	"time"
 
@@ -38,9 +39,12 @@ const (
 // Mirror is a mounted mirror.
 type Mirror struct {
 	*fuse.Server
-	backing   *backing
-	root      *node
-	closeRoot sync.Once
+	backing    *backing
+	root       *node
+	closeRoot  sync.Once
+	mountpoint string
+	at         *attachment // where the mount API attached it; nil when fusermount3 mounted it
+	tableID    int         // its id in /proc/self/mountinfo; 0 when unknown
 }
 
 // Passthrough is the passthrough state: "on", "off (why)" or "unknown (why)".
@@ -62,25 +66,83 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 	b := &backing{disabled: o.NoPassthrough, log: o.Log, calls: root.m.registrar()}
 	opts := o.gofsOptions(b)
 	opts.RootStableAttr = &root.m.rootAttr // the mountpoint shows SOURCE's inode number, not 0
-	raw := gofs.NewNodeFS(root, opts)
-	srv, err := fuse.NewServer(&bridgeInit{raw, b}, mountpoint, &opts.MountOptions)
-	if err != nil {
-		unix.Close(root.m.rootFd)
-		return nil, err
+	opts.MaxWrite = maxWrite
+	raw := &bridgeInit{gofs.NewNodeFS(root, opts), b}
+	mount := mountFusermount
+	if os.Geteuid() == 0 {
+		mount = mountKernel
 	}
-	go srv.Serve()
-	if err := srv.WaitMount(); err != nil {
-		// go-fuse's Unmount returns nil only once its serve loops have
-		// ended. If it fails they may still run on SOURCE's descriptor,
-		// which then stays open: closed, its number could be reused by the
-		// next open, and a request would act on that file instead.
-		if srv.Unmount() == nil {
+	m, ended, err := mount(raw, mountpoint, &opts.MountOptions)
+	if err != nil {
+		// While go-fuse's serve loops may still run on SOURCE's descriptor,
+		// it stays open: closed, its number could be reused by the next
+		// open, and a request would act on that file instead.
+		if ended {
 			unix.Close(root.m.rootFd)
 		}
 		return nil, err
 	}
 	b.probe(o.Source)
-	return &Mirror{Server: srv, backing: b, root: root}, nil
+	m.backing, m.root = b, root
+	return m, nil
+}
+
+// mountFusermount mounts as a user does: fusermount3, setuid root, mounts
+// with its own checks (the user must own the mountpoint, no symlink is
+// followed to it) and hands back the /dev/fuse descriptor. ended says
+// whether no serve loop runs any more after a failure.
+func mountFusermount(raw fuse.RawFileSystem, mountpoint string, mo *fuse.MountOptions) (*Mirror, bool, error) {
+	srv, err := fuse.NewServer(raw, mountpoint, mo)
+	if err != nil {
+		return nil, true, err
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		// go-fuse's Unmount returns nil only once its serve loops ended.
+		return nil, srv.Unmount() == nil, err
+	}
+	return &Mirror{Server: srv, mountpoint: mountpoint}, true, nil
+}
+
+// mountKernel mounts as root, through the mount API on descriptors
+// (kmount.go). go-fuse serves the /dev/fuse descriptor given as its
+// "/dev/fd/N" mountpoint, and does not mount anything itself. The session
+// is up (INIT answered) before the mount is attached, so that nobody ever
+// waits on a mount that is not served yet; go-fuse's WaitMount would add
+// only a poll of the mount, a request to our own mount, which the daemon
+// never makes. ended says whether no serve loop runs any more after a
+// failure.
+func mountKernel(raw fuse.RawFileSystem, mountpoint string, mo *fuse.MountOptions) (*Mirror, bool, error) {
+	dir, rootmode, err := openMountpoint(mountpoint)
+	if err != nil {
+		return nil, true, err
+	}
+	defer unix.Close(dir)
+	dev, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, true, fmt.Errorf("/dev/fuse: %w", err)
+	}
+	mnt, err := newFuseMount(dev, rootmode, mo)
+	if err != nil {
+		unix.Close(dev)
+		return nil, true, err
+	}
+	served := *mo
+	served.DirectMount = false // it would try mount(2) on "/dev/fd/N" first
+	srv, err := fuse.NewServer(raw, "/dev/fd/"+strconv.Itoa(dev), &served)
+	if err != nil { // go-fuse closed dev
+		unix.Close(mnt)
+		return nil, true, err
+	}
+	go srv.Serve()
+	at, err := attach(mnt, dir, mountpoint)
+	// Closing the last descriptor of a mount that is not attached (any
+	// more) ends it, and with it the session.
+	unix.Close(mnt)
+	if err != nil {
+		return nil, endedWithin(srv, time.Second), err
+	}
+	return &Mirror{Server: srv, at: at, tableID: at.tableID, mountpoint: mountpoint}, true, nil
 }
 
 // newRoot opens source, and holds it open: every operation of the mirror
