@@ -94,7 +94,7 @@ func (a *attachment) landedAt(mountpoint string) error {
 		return fmt.Errorf("mountpoint %s was moved while mounting: %w", mountpoint, err)
 	}
 	defer unix.Close(dir)
-	if !sameFile(dir, a.parent) {
+	if !sameFd(dir, a.parent) {
 		return fmt.Errorf("mountpoint %s was moved while mounting", mountpoint)
 	}
 	return nil
@@ -114,8 +114,8 @@ func waitRenames(dir int) {
 	unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW)
 }
 
-// sameFile says whether two descriptors are the same file on the same mount.
-func sameFile(a, b int) bool {
+// sameFd says whether two descriptors are the same file on the same mount.
+func sameFd(a, b int) bool {
 	var x, y unix.Statx_t
 	mask := unix.STATX_INO | unix.STATX_MNT_ID
 	if statxMount(a, mask, &x) != nil || statxMount(b, mask, &y) != nil {

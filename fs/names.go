@@ -117,6 +117,7 @@ func foldOf(insensitive bool) int32 {
 	return foldSensitive
 }
 
+// sameFile says whether two descriptions are of one file.
 func sameFile(a, b *unix.Statx_t) bool {
 	return a.Ino == b.Ino && a.Dev_major == b.Dev_major && a.Dev_minor == b.Dev_minor
 }
