@@ -45,6 +45,8 @@ type Mirror struct {
 	mountpoint string
 	at         *attachment // where the mount API attached it; nil when fusermount3 mounted it
 	tableID    int         // its id in /proc/self/mountinfo; 0 when unknown
+	devMu      sync.Mutex  // guards dev: a reload may write to it while Wait closes it
+	dev        int         // a copy of the session's /dev/fuse descriptor, for incEpoch; -1: none
 }
 
 // Passthrough is the passthrough state: "on", "off (why)" or "unknown (why)".
@@ -101,7 +103,7 @@ func mountFusermount(raw fuse.RawFileSystem, mountpoint string, mo *fuse.MountOp
 		// go-fuse's Unmount returns nil only once its serve loops ended.
 		return nil, srv.Unmount() == nil, err
 	}
-	return &Mirror{Server: srv, mountpoint: mountpoint}, true, nil
+	return &Mirror{Server: srv, mountpoint: mountpoint, dev: -1}, true, nil
 }
 
 // mountKernel mounts as root, through the mount API on descriptors
@@ -127,11 +129,21 @@ func mountKernel(raw fuse.RawFileSystem, mountpoint string, mo *fuse.MountOption
 		unix.Close(dev)
 		return nil, true, err
 	}
+	// A copy of dev of the mirror's own, for what go-fuse does not send
+	// (incEpoch): go-fuse closes dev when the session ends, and its number
+	// could then be another file's.
+	own, err := unix.FcntlInt(uintptr(dev), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		unix.Close(mnt)
+		unix.Close(dev)
+		return nil, true, fmt.Errorf("/dev/fuse: %w", err)
+	}
 	served := *mo
 	served.DirectMount = false // it would try mount(2) on "/dev/fd/N" first
 	srv, err := fuse.NewServer(raw, "/dev/fd/"+strconv.Itoa(dev), &served)
 	if err != nil { // go-fuse closed dev
 		unix.Close(mnt)
+		unix.Close(own)
 		return nil, true, err
 	}
 	go srv.Serve()
@@ -140,9 +152,13 @@ func mountKernel(raw fuse.RawFileSystem, mountpoint string, mo *fuse.MountOption
 	// more) ends it, and with it the session.
 	unix.Close(mnt)
 	if err != nil {
-		return nil, endedWithin(srv, time.Second), err
+		ended := endedWithin(srv, time.Second)
+		if ended {
+			unix.Close(own)
+		}
+		return nil, ended, err
 	}
-	return &Mirror{Server: srv, at: at, tableID: at.tableID, mountpoint: mountpoint}, true, nil
+	return &Mirror{Server: srv, at: at, tableID: at.tableID, mountpoint: mountpoint, dev: own}, true, nil
 }
 
 // newRoot opens source, and holds it open: every operation of the mirror
@@ -169,7 +185,15 @@ func newRoot(source string, pol *policy.Policy) (*node, error) {
 // Wait returns when the mirror is unmounted, and lets go of SOURCE.
 func (m *Mirror) Wait() {
 	m.Server.Wait()
-	m.closeRoot.Do(func() { unix.Close(m.root.m.rootFd) })
+	m.closeRoot.Do(func() {
+		unix.Close(m.root.m.rootFd)
+		m.devMu.Lock()
+		if m.dev >= 0 {
+			unix.Close(m.dev)
+			m.dev = -1
+		}
+		m.devMu.Unlock()
+	})
 }
 
 // SetPolicy swaps in p at once: each request reads the policy once and
@@ -184,16 +208,27 @@ func (m *Mirror) Wait() {
 // request ends after the swap (setEntryTimeouts); one that ended before it
 // but is written after is caught by the epoch (incEpoch), which makes the
 // kernel look up again every entry whose lookup began before this point.
-// Without the epoch (Linux < 6.16) that last window stays open: such a
-// reply keeps its entry cached for the old policy's entry timeout.
+// Without the epoch (Linux < 6.16, or a mount made by fusermount3, whose
+// /dev/fuse descriptor only go-fuse holds) that last window stays open:
+// such a reply keeps its entry cached for the old policy's entry timeout.
 func (m *Mirror) SetPolicy(p *policy.Policy) {
 	old := m.root.m.policy.Swap(p)
 	if p.Hides() {
-		incEpoch(m.Server) // best effort: see above
+		m.incEpoch()
 		invalidateHidden(p, m.root.EmbeddedInode(), "")
 	}
 	if p.Hides() || old.Hides() {
 		invalidateListings(m.root.EmbeddedInode())
+	}
+}
+
+// incEpoch sends the epoch while the session lasts (best effort: see
+// SetPolicy).
+func (m *Mirror) incEpoch() {
+	m.devMu.Lock()
+	defer m.devMu.Unlock()
+	if m.dev >= 0 {
+		incEpoch(m.dev)
 	}
 }
 
