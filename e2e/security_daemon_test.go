@@ -211,7 +211,7 @@ func TestAnotherUserCannotBlockARestart(t *testing.T) {
 	}
 	defer func() { hold.Process.Kill(); hold.Wait() }()
 	eventually(t, "her flock on the pidfile", func() bool { return lockHolder(t, e.pidf) == hold.Process.Pid })
-	lock := daemon.LockPath(e.pidf)
+	lock := strings.TrimSuffix(e.pidf, ".pid") + ".lock"
 	if out, err := asAdversary(t, "flock", "-n", lock, "true"); err == nil {
 		t.Errorf("the hostile user took the lock file's lock: %s", out)
 	}
@@ -350,7 +350,7 @@ func TestCtlMatchesDeviceAndInode(t *testing.T) {
 	tmpfsAt(t, run, "1m")
 	os.Chmod(run, 0o755)
 	tmpfsAt(t, other, "1m")
-	lock := daemon.LockPath(e.pidf)
+	lock := strings.TrimSuffix(e.pidf, ".pid") + ".lock"
 	os.WriteFile(e.pidf, []byte("1\n"), 0o644) // a dead daemon's files
 	os.WriteFile(lock, nil, 0o600)
 	var holders []int
