@@ -81,8 +81,9 @@ type daemon struct {
 	logFile *logFile // nil when logging to stderr
 	pidfile *Pidfile
 	mirror  *fs.Mirror
-	mounted Mount // our mount, as the mount table shows it
-	signals chan os.Signal
+	mounted Mount          // our mount, as the mount table shows it
+	stops   chan os.Signal // SIGINT, SIGTERM, SIGQUIT: a full channel already means stop
+	hups    chan os.Signal // SIGHUP: a storm of them coalesces into one pending reload
 	policy  *policy.Policy // the policy in force; only the serving goroutine changes it
 	level   slog.LevelVar
 	state   State
@@ -96,8 +97,11 @@ type daemon struct {
 // start takes the daemon from a parsed command line to a live mount.
 func start(cfg *Config, logToFile, detached bool, rep *reporter) (*daemon, error) {
 	unix.Umask(0) // modes in the mirror are the callers'; ours are explicit
-	d := &daemon{cfg: cfg, signals: make(chan os.Signal, 8)}
-	signal.Notify(d.signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGHUP)
+	// Notify drops a signal when its channel is full: on a shared channel a
+	// storm of SIGHUPs could crowd out the SIGTERM that follows.
+	d := &daemon{cfg: cfg, stops: make(chan os.Signal, 1), hups: make(chan os.Signal, 1)}
+	signal.Notify(d.stops, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT)
+	signal.Notify(d.hups, syscall.SIGHUP)
 	mountBegins := make(chan struct{})
 	var once sync.Once
 	endEarlyStops := func() { once.Do(func() { close(mountBegins) }) }
@@ -140,6 +144,11 @@ func (d *daemon) prepare(logToFile, detached bool) error {
 		return err
 	}
 	d.log.Info("starting", "version", Version, "pid", os.Getpid(), "args", os.Args[1:])
+	if n, why := raiseFdLimit(); why != "" {
+		d.log.Info(fmt.Sprintf("descriptors: limit %d (%s)", n, why))
+	} else {
+		d.log.Info(fmt.Sprintf("descriptors: limit %d", n))
+	}
 	for _, check := range []func() error{cfg.checkSource, cfg.checkMountpointPath, checkFuse, d.loadPolicy} {
 		if err := check(); err != nil {
 			d.log.Error("refused", "err", err)
@@ -275,13 +284,11 @@ func (d *daemon) stopEarly(rep *reporter, mountBegins <-chan struct{}) {
 		select {
 		case <-mountBegins:
 			return
-		case sig := <-d.signals:
-			if sig == syscall.SIGHUP {
-				d.mu.Lock()
-				d.hupPending = true // served once the mount is up
-				d.mu.Unlock()
-				continue
-			}
+		case <-d.hups:
+			d.mu.Lock()
+			d.hupPending = true // served once the mount is up
+			d.mu.Unlock()
+		case sig := <-d.stops:
 			d.mu.Lock()
 			if d.mounting {
 				d.stopSig = sig
@@ -307,16 +314,16 @@ func (d *daemon) stoppedDuringStart() (os.Signal, bool) {
 	if d.stopSig != nil {
 		return d.stopSig, true
 	}
-	for {
-		select {
-		case sig := <-d.signals:
-			if sig != syscall.SIGHUP {
-				return sig, true
-			}
-			d.hupPending = true
-		default:
-			return nil, false
-		}
+	select {
+	case <-d.hups:
+		d.hupPending = true
+	default:
+	}
+	select {
+	case sig := <-d.stops:
+		return sig, true
+	default:
+		return nil, false
 	}
 }
 

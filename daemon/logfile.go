@@ -19,9 +19,6 @@ type logFile struct {
 }
 
 func openLogFile(path string, stderr bool) (*logFile, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("log %s: %w", path, err)
-	}
 	l := &logFile{path: path, stderr: stderr}
 	if err := l.Reopen(); err != nil {
 		return nil, err
@@ -30,8 +27,16 @@ func openLogFile(path string, stderr bool) (*logFile, error) {
 }
 
 // Reopen switches to a fresh open of the path, which may have been renamed.
+// The log is checked as the pidfile is, each time (see ownfiles.go): a
+// regular file of ours, mode 0640 at most, in a folder only root and we may
+// write to. A refused file leaves the log as it was.
 func (l *logFile) Reopen() error {
-	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o640)
+	dir, err := openOwnDir(filepath.Dir(l.path))
+	if err != nil {
+		return fmt.Errorf("log %s: %w", l.path, err)
+	}
+	defer dir.Close()
+	f, err := openOwnFile(dir, filepath.Base(l.path), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640, 0o640)
 	if err != nil {
 		return fmt.Errorf("log %s: %w", l.path, err)
 	}

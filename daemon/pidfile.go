@@ -3,62 +3,84 @@ package daemon
 import (
 	"errors"
 	"fmt"
-	"io/fs"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
-	"github.com/gofrs/flock"
+	"golang.org/x/sys/unix"
 )
 
 // ErrAlreadyRunning means another daemon holds the pidfile's lock.
 var ErrAlreadyRunning = errors.New("already running")
 
-// Pidfile is a pidfile held under an exclusive flock for the daemon's life.
+// Pidfile is a pidfile (mode 0644, so that `kill $(cat PIDFILE)` works for
+// anyone) beside a lock file (NAME.lock, mode 0600) held under an exclusive
+// flock for the daemon's life. The lock is not taken on the pidfile itself:
+// anyone who may read a file may flock it, and would block every restart.
 type Pidfile struct {
 	path string
-	lock *flock.Flock
+	dir  *os.File // the checked folder; every name below is relative to it
+	lock *os.File
 	once sync.Once
 }
 
-// AcquirePidfile creates (or takes over) path, locks it without blocking and
-// writes this process's pid into it. A live holder gives ErrAlreadyRunning.
+// LockPath is the lock file beside pidfile.
+func LockPath(pidfile string) string {
+	return strings.TrimSuffix(pidfile, ".pid") + ".lock"
+}
+
+// AcquirePidfile locks the lock file beside path without blocking and
+// writes this process's pid into path. A live holder gives
+// ErrAlreadyRunning.
 func AcquirePidfile(path string) (*Pidfile, error) {
-	if err := makePrivateDir(filepath.Dir(path)); err != nil {
+	dir, err := openOwnDir(filepath.Dir(path))
+	if err != nil {
 		return nil, fmt.Errorf("pidfile %s: %w", path, err)
 	}
-	if err := checkPidfilePath(path); err != nil {
+	if err := statOwnFile(dir, filepath.Base(path), 0o644); err != nil {
+		dir.Close()
 		return nil, fmt.Errorf("pidfile %s: %w", path, err)
 	}
 	for {
-		p, retry, err := tryLock(path)
+		p, retry, err := tryLock(path, dir)
 		if !retry {
+			if err != nil {
+				dir.Close()
+			}
 			return p, err
 		}
 	}
 }
 
-// tryLock locks path; retry is set when the file was replaced between open
-// and lock (a previous holder removing it as it exited).
-func tryLock(path string) (p *Pidfile, retry bool, err error) {
-	l := flock.New(path, flock.SetFlag(os.O_CREATE|os.O_RDWR|syscall.O_NOFOLLOW|syscall.O_CLOEXEC), flock.SetPermissions(0o644))
-	ok, err := l.TryLock()
+// tryLock locks the lock file; retry is set when the file was replaced
+// between open and lock (a previous holder removing it as it exited).
+func tryLock(path string, dir *os.File) (p *Pidfile, retry bool, err error) {
+	lockPath := LockPath(path)
+	name := filepath.Base(lockPath)
+	l, err := openOwnFile(dir, name, os.O_RDWR|os.O_CREATE, 0o600, 0o600)
 	if err != nil {
-		return nil, false, fmt.Errorf("pidfile %s: lock: %w", path, err)
+		return nil, false, fmt.Errorf("lock file %s: %w", lockPath, err)
 	}
-	if !ok {
-		return nil, false, fmt.Errorf("%w (pid %s, pidfile %s)", ErrAlreadyRunning, readPid(path), path)
+	err = unix.Flock(int(l.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		l.Close()
+		return nil, false, fmt.Errorf("%w (pid %s, pidfile %s)", ErrAlreadyRunning, readPid(dir, path), path)
 	}
-	held, err1 := l.Stat()
-	named, err2 := os.Lstat(path)
-	if err1 != nil || err2 != nil || !os.SameFile(held, named) {
+	if err != nil {
+		l.Close()
+		return nil, false, fmt.Errorf("lock file %s: lock: %w", lockPath, err)
+	}
+	var held, named unix.Stat_t
+	err1 := unix.Fstat(int(l.Fd()), &held)
+	err2 := unix.Fstatat(int(dir.Fd()), name, &named, unix.AT_SYMLINK_NOFOLLOW)
+	if err1 != nil || err2 != nil || held.Dev != named.Dev || held.Ino != named.Ino {
 		l.Close()
 		return nil, true, nil
 	}
-	p = &Pidfile{path: path, lock: l}
+	p = &Pidfile{path: path, dir: dir, lock: l}
 	if err := p.writePid(); err != nil {
 		p.Release()
 		return nil, false, err
@@ -66,16 +88,27 @@ func tryLock(path string) (p *Pidfile, retry bool, err error) {
 	return p, false, nil
 }
 
+// writePid writes the pid into a fresh file and renames it over the
+// pidfile, so that no reader ever sees it empty.
 func (p *Pidfile) writePid() error {
-	f, err := os.OpenFile(p.path, os.O_WRONLY|os.O_TRUNC|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	base := filepath.Base(p.path)
+	tmp := "." + base + ".new"
+	dirfd := int(p.dir.Fd())
+	unix.Unlinkat(dirfd, tmp, 0)
+	fd, err := unix.Openat(dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		return fmt.Errorf("pidfile %s: %w", p.path, err)
 	}
-	defer f.Close()
-	if err := f.Chmod(0o644); err != nil {
-		return fmt.Errorf("pidfile %s: %w", p.path, err)
+	f := os.NewFile(uintptr(fd), tmp)
+	_, err = fmt.Fprintf(f, "%d\n", os.Getpid())
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	if _, err := fmt.Fprintf(f, "%d\n", os.Getpid()); err != nil {
+	if err == nil {
+		err = unix.Renameat(dirfd, tmp, dirfd, base)
+	}
+	if err != nil {
+		unix.Unlinkat(dirfd, tmp, 0)
 		return fmt.Errorf("pidfile %s: %w", p.path, err)
 	}
 	return nil
@@ -84,67 +117,31 @@ func (p *Pidfile) writePid() error {
 // Path is where the pidfile lives.
 func (p *Pidfile) Path() string { return p.path }
 
-// Release removes the pidfile, then drops the lock (in that order, so a new
-// daemon never locks a file that is about to vanish).
-// It is safe to call more than once: only the first call removes the file,
+// Release removes the pidfile and the lock file, then drops the lock (in
+// that order, so a new daemon never keeps a lock on a file that is about to
+// vanish: it sees the name gone and locks afresh).
+// It is safe to call more than once: only the first call removes the files,
 // which after that could be a new daemon's.
 func (p *Pidfile) Release() {
 	p.once.Do(func() {
-		os.Remove(p.path)
+		dirfd := int(p.dir.Fd())
+		unix.Unlinkat(dirfd, filepath.Base(p.path), 0)
+		unix.Unlinkat(dirfd, filepath.Base(LockPath(p.path)), 0)
 		p.lock.Close()
+		p.dir.Close()
 	})
 }
 
-// readPid returns the pid recorded in path, or "unknown".
-func readPid(path string) string {
-	b, err := os.ReadFile(path)
+// readPid returns the pid recorded in the pidfile, or "unknown".
+func readPid(dir *os.File, path string) string {
+	f, err := openOwnFile(dir, filepath.Base(path), os.O_RDONLY, 0, 0o644)
 	if err != nil {
 		return "unknown"
 	}
+	defer f.Close()
+	b, _ := io.ReadAll(io.LimitReader(f, 32))
 	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
 		return strconv.Itoa(pid)
 	}
 	return "unknown"
-}
-
-// checkPidfilePath refuses a symlink, a non-regular file, or a file that
-// others may write to (they could make us signal or report another process).
-func checkPidfilePath(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	switch {
-	case fi.Mode()&fs.ModeSymlink != 0:
-		return errors.New("is a symlink; refusing to follow it")
-	case !fi.Mode().IsRegular():
-		return fmt.Errorf("is not a regular file (%s)", fi.Mode().Type())
-	case fi.Mode().Perm()&0o022 != 0:
-		return fmt.Errorf("is writable by others (mode %04o); refusing it", fi.Mode().Perm())
-	case fi.Sys().(*syscall.Stat_t).Uid != uint32(os.Geteuid()):
-		return fmt.Errorf("belongs to uid %d, not to us; refusing it", fi.Sys().(*syscall.Stat_t).Uid)
-	}
-	return nil
-}
-
-// makePrivateDir creates dir (mode 0755) if needed and refuses a folder that
-// others may write to without the sticky bit.
-func makePrivateDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return err
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("%s is not a directory", dir)
-	}
-	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
-		return fmt.Errorf("folder %s is writable by others (mode %04o); refusing it", dir, fi.Mode().Perm())
-	}
-	return nil
 }

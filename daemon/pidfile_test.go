@@ -57,7 +57,9 @@ func TestPidfileTakesOverDeadDaemonsFile(t *testing.T) {
 		t.Fatalf("a stale, unlocked pidfile was not taken over: %v", err)
 	}
 	defer p.Release()
-	if got := readPid(path); got != fmt.Sprint(os.Getpid()) {
+	dir, _ := openOwnDir(filepath.Dir(path))
+	defer dir.Close()
+	if got := readPid(dir, path); got != fmt.Sprint(os.Getpid()) {
 		t.Errorf("pidfile holds %s after take-over", got)
 	}
 }

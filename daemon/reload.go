@@ -78,13 +78,26 @@ func notifyReloading() {
 	sd.SdNotify(false, fmt.Sprintf("%s\nMONOTONIC_USEC=%d", sd.SdNotifyReloading, ts.Nano()/1000))
 }
 
-// describe summarises a policy for the log and the state file.
+// describeBound bounds the patterns describe lists: a policy may hold
+// 100,000 of them, and each reload writes the summary into the log and the
+// state file.
+const describeBound = 200
+
+// describe summarises a policy for the log and the state file: every hide
+// pattern when they are few, else their number and the first ones.
 func describe(p *policy.Policy) string {
-	hide := make([]string, len(p.Hide))
+	var b strings.Builder
 	for i, h := range p.Hide {
-		hide[i] = h.String()
+		s := h.String()
+		if b.Len()+len(s)+1 > describeBound {
+			return fmt.Sprintf("read_only=%v hide=%d patterns (first: %s …)", p.ReadOnly, len(p.Hide), b.String())
+		}
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(s)
 	}
-	return fmt.Sprintf("read_only=%v hide=[%s]", p.ReadOnly, strings.Join(hide, " "))
+	return fmt.Sprintf("read_only=%v hide=[%s]", p.ReadOnly, b.String())
 }
 
 // State is what the daemon publishes beside its pidfile for operators and

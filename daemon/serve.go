@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
@@ -47,15 +46,16 @@ func (d *daemon) serveSession() (aborted bool) {
 	gone := d.watchMount(stopWatch, d.mounted)
 	for {
 		select {
-		case sig := <-d.signals:
-			if sig == syscall.SIGHUP {
-				d.reload()
-				continue
-			}
-			d.log.Info("signal", "signal", sig.String())
-			sd.SdNotify(false, sd.SdNotifyStopping)
-			d.unmountWithin(d.cfg.UnmountTimeout, served)
-			d.close("stopped", nil)
+		case sig := <-d.stops: // first, however many SIGHUPs wait
+			d.stop(sig, served)
+			return false
+		default:
+		}
+		select {
+		case <-d.hups:
+			d.reload()
+		case sig := <-d.stops:
+			d.stop(sig, served)
 			return false
 		case <-served:
 			if d.connectionAborted() && d.cfg.AutoRemount {
@@ -70,6 +70,14 @@ func (d *daemon) serveSession() (aborted bool) {
 			return false
 		}
 	}
+}
+
+// stop ends the daemon on a stop signal.
+func (d *daemon) stop(sig os.Signal, served <-chan struct{}) {
+	d.log.Info("signal", "signal", sig.String())
+	sd.SdNotify(false, sd.SdNotifyStopping)
+	d.unmountWithin(d.cfg.UnmountTimeout, served)
+	d.close("stopped", nil)
 }
 
 // connectionAborted handles the end of the FUSE session. The rule that
@@ -125,16 +133,12 @@ func (d *daemon) remount() bool {
 func (d *daemon) sleepUnlessStopped(wait time.Duration) bool {
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
-	for {
-		select {
-		case <-timer.C:
-			return true
-		case sig := <-d.signals:
-			if sig != syscall.SIGHUP {
-				d.log.Info("signal", "signal", sig.String())
-				return false
-			}
-		}
+	select {
+	case <-timer.C:
+		return true
+	case sig := <-d.stops: // a SIGHUP stays pending for the next session
+		d.log.Info("signal", "signal", sig.String())
+		return false
 	}
 }
 

@@ -139,9 +139,10 @@ func TestCtlNeverSignalsAStranger(t *testing.T) {
 		t.Fatalf("stop signalled the stranger: %v", err)
 	}
 
-	// The lock held by someone other than the pid in the file: unknown.
-	os.WriteFile(e.pidf, []byte(fmt.Sprintf("%d\n", stranger.Process.Pid)), 0o644)
-	f, err := os.Open(e.pidf)
+	// The lock held by a process that is not mirrorfs: unknown.
+	lock := strings.TrimSuffix(e.pidf, ".pid") + ".lock"
+	os.WriteFile(lock, nil, 0o600)
+	f, err := os.Open(lock)
 	if err != nil {
 		t.Fatal(err)
 	}

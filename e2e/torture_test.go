@@ -333,6 +333,7 @@ func TestFullLogDisk(t *testing.T) {
 	e := newEnv(t)
 	logDir := filepath.Join(e.dir, "logfs")
 	tmpfsAt(t, logDir, "64k")
+	os.Chmod(logDir, 0o755) // a fresh tmpfs is 1777: refused for a log
 	e.logf = filepath.Join(logDir, "mirrorfs.log")
 	e.start()
 	pid := e.pid()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 
@@ -41,12 +40,18 @@ func (l *level) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// Load reads and decodes a policy file strictly: an unknown key, a wrong
-// type or a bad pattern is an error naming the file, the line and the key.
+// Load reads (see ReadFile) and decodes a policy file strictly: an unknown
+// key, a wrong type or a bad pattern is an error naming the file, the line
+// and the key. A file without a single setting is refused too: it is what
+// an editor's save leaves for a moment, and as a policy it would lift
+// read_only and every hide. To mean the defaults, say so: read_only = false.
 func Load(name string) (*Policy, error) {
-	b, err := os.ReadFile(name)
+	b, err := ReadFile(name)
 	if err != nil {
-		return nil, fmt.Errorf("policy %w", err)
+		return nil, err
+	}
+	if blank(b) {
+		return nil, fmt.Errorf("policy %s: has no setting (empty, or only comments); write read_only = false for the defaults", name)
 	}
 	return Decode(name, b)
 }

@@ -19,7 +19,8 @@ type Policy struct {
 	AttrTimeout  time.Duration // 0: the mount's default
 	LogLevel     slog.Level
 
-	anchored bool // some pattern contains "/": matching needs the path
+	anchored bool   // some pattern contains "/": matching needs the path
+	idx      *index // the patterns by the shape of their last component
 }
 
 // Default is the policy without a file: everything visible and writable.
@@ -53,8 +54,10 @@ const (
 	matchGlob
 )
 
+// meta are the characters that make a pattern a glob.
+const meta = `*?[\`
+
 func newMatcher(glob string) matcher {
-	const meta = `*?[\`
 	switch {
 	case !strings.ContainsAny(glob, meta):
 		return matcher{kind: matchLiteral, lit: glob}
@@ -128,6 +131,7 @@ func New(readOnly bool, hide []Pattern) *Policy {
 }
 
 func (p *Policy) index() {
+	p.idx = newIndex(p.Hide)
 	for _, h := range p.Hide {
 		p.anchored = p.anchored || h.anchored
 	}
@@ -148,19 +152,22 @@ func (p *Policy) Hidden(rel, name string, isDir bool) bool {
 
 // HiddenLazy is Hidden for callers whose path costs something to build: rel
 // is called only when an anchored pattern's last component matches name.
+// Only the patterns whose last component can match name are tried (see
+// index), so a check costs about len(name), not len(p.Hide).
 func (p *Policy) HiddenLazy(name string, isDir bool, rel func() string) bool {
-	for _, h := range p.Hide {
+	if p.idx == nil {
+		return false // Default, or a Policy built without New
+	}
+	return p.idx.any(name, rel, func(h *Pattern) bool {
 		if h.dirOnly && !isDir || !h.name.match(name) {
-			continue
+			return false
 		}
 		if !h.anchored {
 			return true
 		}
-		if ok, _ := path.Match(h.glob, rel()); ok {
-			return true
-		}
-	}
-	return false
+		ok, _ := path.Match(h.glob, rel())
+		return ok
+	})
 }
 
 // CoversBelow says whether an anchored pattern could hide something below
@@ -171,7 +178,7 @@ func (p *Policy) CoversBelow(rel string) bool {
 		return false
 	}
 	depth := strings.Count(rel, "/") + 1
-	for _, h := range p.Hide {
+	for _, h := range p.Hide { // only on renames: a plain loop will do
 		parts := strings.Split(h.glob, "/")
 		if !h.anchored || len(parts) <= depth {
 			continue
