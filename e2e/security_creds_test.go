@@ -25,11 +25,6 @@ func init() {
 	probes["swap-while-creating"] = swapWhileCreating
 }
 
-// modes are the two ways the mirror serves files.
-var modes = map[string][]string{
-	"passthrough":   {"-o", "allow_other"},
-	"nopassthrough": {"-o", "allow_other", "-o", "nopassthrough"},
-}
 
 // raceKinds are the entries the hostile user makes through the mirror while
 // she swaps root's entries in at the name (each is given the mirror's path).
@@ -149,7 +144,7 @@ func TestCreatedEntriesCannotBeSwappedForRoots(t *testing.T) {
 				}
 				roots[st.Ino] = name
 			}
-			e.start(opts...)
+			e.start(append([]string{"-o", "allow_other"}, opts...)...)
 			out, err := probeAsAdversary(t, "swap-while-creating", race, filepath.Join(e.mnt, "race"), "400ms")
 			if err != nil {
 				t.Fatalf("probe: %v\n%s", err, out)
@@ -219,7 +214,7 @@ func TestWritesDoNotUseRootsReserve(t *testing.T) {
 			os.Chown(filepath.Join(fs, "adv"), uid, gid)
 			e.src = fs
 			direct := fill(t, filepath.Join(fs, "adv", "f"), filepath.Join(fs, "adv", "f"))
-			e.start(opts...)
+			e.start(append([]string{"-o", "allow_other"}, opts...)...)
 			mirrored := fill(t, filepath.Join(e.mnt, "adv", "f"), filepath.Join(fs, "adv", "f"))
 			t.Logf("directly: %d MiB, through the mirror: %d MiB", direct>>20, mirrored>>20)
 			if mirrored > direct+2<<20 {
@@ -262,7 +257,7 @@ func TestCreatedEntriesAreTheCallers(t *testing.T) {
 			os.WriteFile(tool, []byte("#!/bin/sh\n"), 0o755)
 			os.Chown(tool, 0, crew)
 			unix.Chmod(tool, 0o6775)
-			e.start(opts...)
+			e.start(append([]string{"-o", "allow_other"}, opts...)...)
 			as := func(name string, args ...string) {
 				t.Helper()
 				if out, err := runWithGroups(uid, gid, []uint32{crew}, name, args...); err != nil {
