@@ -25,7 +25,6 @@ func init() {
 	probes["swap-while-creating"] = swapWhileCreating
 }
 
-
 // raceKinds are the entries the hostile user makes through the mirror while
 // she swaps root's entries in at the name (each is given the mirror's path).
 var raceKinds = map[string]func(path string) error{
