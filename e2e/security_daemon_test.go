@@ -106,11 +106,11 @@ func TestInputsAreRegularBoundedFiles(t *testing.T) {
 	fifo := filepath.Join(dir, "fifo.toml")
 	syscall.Mkfifo(fifo, 0o644)
 	big := filepath.Join(dir, "big.toml")
-	os.WriteFile(big, []byte("hide = ['"+strings.Repeat("x", 2<<20)+"']\n"), 0o644)
+	os.WriteFile(big, []byte("hide = ['"+strings.Repeat("x", 9<<20)+"']\n"), 0o644)
 	for path, want := range map[string]string{
 		fifo:        "is a FIFO, not a regular file",
 		"/dev/zero": "is a character device, not a regular file",
-		big:         "larger than 1 MiB",
+		big:         "larger than 8 MiB",
 	} {
 		r := checkConfigWithin(t, path)
 		if r.code != 1 || !strings.Contains(r.stderr, "policy "+path+": "+want) {
@@ -295,7 +295,7 @@ func TestHugePolicySummarised(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			e := newEnv(t)
 			var b strings.Builder
-			b.WriteString("hide = [") // short names: the file must stay under 1 MiB
+			b.WriteString("hide = [")
 			for i := 0; i < 100_000; i++ {
 				fmt.Fprintf(&b, "'s%d',", i)
 			}

@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,9 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MaxFileSize bounds a policy file: a policy is a few settings and patterns,
+// MaxFileSize bounds a policy file: 100,000 hide patterns of 60 bytes fit,
 // and a larger file (or an endless one such as /dev/zero) is a mistake.
-const MaxFileSize = 1 << 20
+const MaxFileSize = 8 << 20
 
 // How long a file must have stood still before it is read, and how long a
 // read waits for it to settle. An editor that saves by truncating and then
@@ -26,8 +25,8 @@ const (
 )
 
 // ReadFile reads name as the daemon reads all its inputs: a regular file
-// only (no FIFO, device or symlink: opened O_NONBLOCK|O_NOFOLLOW, checked on
-// the descriptor), at most MaxFileSize, and only once it stands still (the
+// only (no FIFO or device: opened O_NONBLOCK, checked on the descriptor),
+// at most MaxFileSize, and only once it stands still (the
 // same file, size and ctime before and after the read, and unchanged for
 // settleTime). A file still changing after settleWait is an error.
 func ReadFile(name string) ([]byte, error) {
@@ -47,10 +46,10 @@ func ReadFile(name string) ([]byte, error) {
 // readOnce reads name once; steady says the file did not change meanwhile
 // and had not changed for settleTime before.
 func readOnce(name string) (b []byte, steady bool, err error) {
-	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
-	if errors.Is(err, unix.ELOOP) {
-		return nil, false, fmt.Errorf("policy %s: is a symlink; give the file itself", name)
-	}
+	// A symlink is followed: configuration managers and Kubernetes'
+	// ConfigMaps publish files that way, and whoever may change the link
+	// may change the file. What it leads to is checked on the descriptor.
+	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 	if err != nil {
 		return nil, false, fmt.Errorf("policy %w", &os.PathError{Op: "open", Path: name, Err: err})
 	}
@@ -73,7 +72,7 @@ func readOnce(name string) (b []byte, steady bool, err error) {
 	if len(b) > MaxFileSize {
 		return nil, false, fmt.Errorf("policy %s: larger than %s", name, sizeName)
 	}
-	if unix.Fstat(fd, &after) != nil || unix.Lstat(name, &named) != nil {
+	if unix.Fstat(fd, &after) != nil || unix.Stat(name, &named) != nil {
 		return b, false, nil // gone meanwhile: try again
 	}
 	age := time.Since(time.Unix(after.Ctim.Unix()))
@@ -82,7 +81,7 @@ func readOnce(name string) (b []byte, steady bool, err error) {
 	return b, steady, nil
 }
 
-const sizeName = "1 MiB"
+const sizeName = "8 MiB"
 
 func sameFile(a, b *unix.Stat_t) bool {
 	return a.Dev == b.Dev && a.Ino == b.Ino && a.Size == b.Size && a.Ctim == b.Ctim && a.Mtim == b.Mtim

@@ -25,9 +25,9 @@ func TestLoadRefusesWhatIsNotAPolicyFile(t *testing.T) {
 		fifo:        "policy " + fifo + ": is a FIFO, not a regular file",
 		"/dev/zero": "policy /dev/zero: is a character device, not a regular file",
 		dir:         "policy " + dir + ": is a directory, not a regular file",
-		big:         "policy " + big + ": larger than 1 MiB",
+		big:         "policy " + big + ": larger than 8 MiB",
 		empty:       "policy " + empty + ": has no setting (empty, or only comments)",
-		link:        "policy " + link + ": is a symlink",
+		link:        "policy " + link + ": larger than 8 MiB", // followed, then checked
 	} {
 		done := make(chan error, 1)
 		go func() { _, err := Load(path); done <- err }()
