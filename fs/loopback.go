@@ -320,39 +320,67 @@ func (n *node) openDir() (int, syscall.Errno) {
 	return fd, gofs.ToErrno(err)
 }
 
-// setattr changes n as the caller. One change is the kernel's own, not
-// hers: when someone writes a set-id file she does not own, the kernel
-// clears its setuid and setgid bits with a chmod she could not make herself;
-// that chmod alone is made as the daemon.
+// setattr carries out a SETATTR with the caller's credentials. One thing
+// she asks for cannot be done with them: when she writes to a set-id file
+// she does not own, the kernel asks to clear its set-id bits, and only the
+// owner (or CAP_FSETID) may chmod. That alone is done as root, on an open
+// descriptor of this very file (never by name: a name can be swapped for
+// root's file meanwhile), and only if it clears set-id bits and nothing
+// else.
 func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	errno := n.m.asCaller(ctx, func() syscall.Errno { return n.setattrAs(ctx, f, in, out) })
-	if errno != syscall.EPERM || !n.dropsSetID(ctx, f, in) {
+	mode, ok := in.GetMode()
+	if errno != syscall.EPERM || !ok || n.m.euid != 0 {
 		return errno
 	}
-	chmod := *in
-	chmod.Valid &= fuse.FATTR_MODE | fuse.FATTR_FH | fuse.FATTR_LOCKOWNER
-	if errno := n.setattrAs(ctx, f, &chmod, out); errno != 0 || chmod.Valid == in.Valid {
+	if errno := n.clearSetID(mode, out); errno != 0 {
 		return errno
 	}
 	rest := *in
 	rest.Valid &^= fuse.FATTR_MODE
+	if rest.Valid&^(fuse.FATTR_FH|fuse.FATTR_LOCKOWNER) == 0 {
+		return 0
+	}
 	return n.m.asCaller(ctx, func() syscall.Errno { return n.setattrAs(ctx, f, &rest, out) })
 }
 
-// dropsSetID says whether in changes n's mode only by clearing its setuid
-// or setgid bits.
-func (n *node) dropsSetID(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn) bool {
-	mode, ok := in.GetMode()
-	if !ok {
-		return false
+// clearSetID sets mode on n's file through a descriptor of one of its open
+// files, if mode is the file's mode less some set-id bits (EPERM
+// otherwise), and describes the file in out.
+func (n *node) clearSetID(mode uint32, out *fuse.AttrOut) syscall.Errno {
+	l, errno := n.openLoc()
+	if errno != 0 {
+		return syscall.EPERM
 	}
-	var a fuse.AttrOut
-	if n.getattr(ctx, f, &a) != 0 {
-		return false
+	defer l.done()
+	var st unix.Stat_t
+	if err := unix.Fstat(l.dir, &st); err != nil {
+		return gofs.ToErrno(err)
 	}
+	if !dropsSetID(st.Mode, mode) {
+		return syscall.EPERM
+	}
+	if err := unix.Fchmod(l.dir, mode&0o7777); err != nil {
+		return gofs.ToErrno(err)
+	}
+	var x unix.Statx_t
+	if errno := statxFd(l.dir, &x); errno != 0 {
+		return errno
+	}
+	fillAttr(&x, &out.Attr)
+	out.Ino = n.StableAttr().Ino
+	return 0
+}
+
+// dropsSetID says whether mode is a regular file's mode now, less some of
+// its setuid and setgid bits and nothing else.
+func dropsSetID(now, mode uint32) bool {
 	const setID = unix.S_ISUID | unix.S_ISGID
-	now := a.Mode & 0o7777
-	return mode&^0o7777 == 0 && mode&^now == 0 && (now^mode)&^setID == 0 && now != mode
+	if now&unix.S_IFMT != unix.S_IFREG || mode&^0o7777 != 0 && mode&unix.S_IFMT != unix.S_IFREG {
+		return false
+	}
+	now, mode = now&0o7777, mode&0o7777
+	return mode != now && mode&^now == 0 && (now^mode)&^setID == 0
 }
 
 func (n *node) setattrAs(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
