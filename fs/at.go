@@ -254,6 +254,20 @@ func (l loc) byInode(call func(fd int, path string) error) error {
 	return call(fd, "/proc/self/fd/"+strconv.Itoa(fd))
 }
 
+// byFd runs call on a descriptor (O_PATH) of the entry at l itself, never
+// a symlink's target.
+func (l loc) byFd(call func(fd int) error) error {
+	if l.path == "" {
+		return call(l.dir)
+	}
+	fd, err := unix.Openat(l.dir, l.path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return call(fd)
+}
+
 // Each node keeps a list of its open files and folders: once no folder
 // holds the node, they are the only way to it, and the kernel still asks
 // for a chmod, a utimens or an xattr of it by node.

@@ -230,7 +230,12 @@ func (n *node) rename(ctx context.Context, name string, to *node, newName string
 	})
 }
 
+// Readlink reads n's target, unless n is hidden (a symlink held open with
+// O_PATH from before a reload).
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
+		return nil, errno
+	}
 	l, errno := n.locate("")
 	if errno != 0 {
 		return nil, errno
@@ -470,9 +475,18 @@ func timespec(valid, set, now uint32, sec uint64, nsec uint32) unix.Timespec {
 	return unix.Timespec{Sec: int64(sec), Nsec: int64(nsec)}
 }
 
+// Statx describes n, by an open file if the kernel passes one; by name it
+// is refused for a hidden node, as Getattr is. Of the kernel's flags only
+// the sync ones are taken: the rest say how to find the entry, and that is
+// the mirror's to say.
 func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags, mask uint32, out *fuse.StatxOut) syscall.Errno {
+	flags &= unix.AT_STATX_FORCE_SYNC | unix.AT_STATX_DONT_SYNC
 	if fs, ok := f.(gofs.FileStatxer); ok {
 		return fs.Statx(ctx, flags, mask, out)
+	}
+	p := n.m.policy.Load()
+	if errno := n.hiddenErr(p); errno != 0 {
+		return errno
 	}
 	l, errno := n.locate("")
 	if errno != 0 {
@@ -484,20 +498,28 @@ func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags, mask uint32,
 		return gofs.ToErrno(err)
 	}
 	out.FromStatx(&x)
-	if p := n.m.policy.Load(); p.AttrTimeout > 0 {
+	if p.AttrTimeout > 0 {
 		out.SetTimeout(p.AttrTimeout)
 	}
 	return 0
 }
 
+// Statfs describes the file system that holds n, through a descriptor of
+// n itself: never through a path that follows a symlink, which would tell
+// a caller whether a path she may not search exists, or make the daemon
+// wait on an automount or a dead network mount.
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
+		return errno
+	}
 	l, errno := n.locate("")
 	if errno != 0 {
 		return errno
 	}
 	defer l.done()
 	var s syscall.Statfs_t
-	if err := syscall.Statfs(l.proc(), &s); err != nil {
+	err := l.byFd(func(fd int) error { return syscall.Fstatfs(fd, &s) })
+	if err != nil {
 		return gofs.ToErrno(err)
 	}
 	out.FromStatfsT(&s)
