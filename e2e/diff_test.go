@@ -147,6 +147,9 @@ func randOp(r *rand.Rand) op {
 type side struct {
 	root, deep int // the subtree and its deep folder
 	fds        [4]int
+	// killsSetID: the plain side plays the one documented difference of
+	// root's writes through passthrough (see clearSetIDAsPassthrough).
+	killsSetID bool
 }
 
 // deepChain is the deep folder's path below the subtree: 17 names of 250
@@ -300,9 +303,11 @@ func (s *side) apply(o op) string {
 		return errnoOf(unix.Close(fd))
 	case opWrite:
 		n, err := unix.Write(fd, buf())
+		s.wrote(fd, n)
 		return fmt.Sprintf("%d %s", n, errnoOf(err))
 	case opPwrite:
 		n, err := unix.Pwrite(fd, buf(), o.off)
+		s.wrote(fd, n)
 		return fmt.Sprintf("%d %s", n, errnoOf(err))
 	case opRead, opPread:
 		b := make([]byte, o.n)
@@ -466,13 +471,14 @@ type mismatch struct {
 
 // replay runs ops as uid on fresh subtrees of both roots and returns the
 // first mismatch, if any; index -1 is the making of the subtrees.
-func replay(plainRoot, mirrorRoot, sub string, uid int, ops []op) (m *mismatch) {
+func replay(plainRoot, mirrorRoot, sub string, uid int, passthrough bool, ops []op) (m *mismatch) {
 	dirs := []string{filepath.Join(plainRoot, sub), filepath.Join(mirrorRoot, sub)}
 	for _, d := range dirs {
 		os.Mkdir(d, 0o755)
 		os.Chown(d, uid, uid)
 	}
 	a, b := openSide(dirs[0]), openSide(dirs[1])
+	a.killsSetID = passthrough && uid == 0
 	defer a.closeAll()
 	defer b.closeAll()
 	asUser(uid, func() {
@@ -491,13 +497,42 @@ func replay(plainRoot, mirrorRoot, sub string, uid int, ops []op) (m *mismatch) 
 	return m
 }
 
+// wrote follows a write of n bytes to fd: on a side that plays passthrough
+// for root, it clears the set-id bits as the mirror's write does.
+func (s *side) wrote(fd, n int) {
+	if s.killsSetID && n > 0 {
+		clearSetIDAsPassthrough(fd)
+	}
+}
+
+// clearSetIDAsPassthrough does to fd's file what a write through FUSE
+// passthrough does: the kernel writes the backing file with the credentials
+// it was registered with, which are the file owner's ids (nobody's for
+// root's: fs/passthrough.go) and no CAP_FSETID, so even root's write clears
+// setuid, and setgid where the group may execute or is root's. Root's
+// write on the plain folder keeps them (CAP_FSETID).
+func clearSetIDAsPassthrough(fd int) {
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return
+	}
+	mode := st.Mode & 0o7777
+	mode &^= unix.S_ISUID
+	if st.Mode&unix.S_IXGRP != 0 || st.Gid == 0 {
+		mode &^= unix.S_ISGID
+	}
+	if mode != st.Mode&0o7777 {
+		unix.Fchmod(fd, mode)
+	}
+}
+
 // shrink finds a short subsequence of ops that still shows a mismatch
 // (delta debugging, bounded), replaying it sequentially.
-func shrink(plainRoot, mirrorRoot string, uid int, ops []op) []op {
+func shrink(plainRoot, mirrorRoot string, uid int, passthrough bool, ops []op) []op {
 	tries := 0
 	fails := func(candidate []op) bool {
 		tries++
-		return replay(plainRoot, mirrorRoot, fmt.Sprintf("min%d", tries), uid, candidate) != nil
+		return replay(plainRoot, mirrorRoot, fmt.Sprintf("min%d", tries), uid, passthrough, candidate) != nil
 	}
 	if !fails(ops) {
 		return nil // needs the concurrency to show
@@ -544,7 +579,7 @@ func TestDifferential(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					found[w] = replay(plain, e.mnt, "w"+strconv.Itoa(w), diffUID(w), seqs[w])
+					found[w] = replay(plain, e.mnt, "w"+strconv.Itoa(w), diffUID(w), mode == "passthrough", seqs[w])
 				}()
 			}
 			wg.Wait()
@@ -561,7 +596,7 @@ func TestDifferential(t *testing.T) {
 				if m.index < 0 {
 					break
 				}
-				if short := shrink(plain, e.mnt, diffUID(w), seqs[w][:m.index+1]); short != nil {
+				if short := shrink(plain, e.mnt, diffUID(w), mode == "passthrough", seqs[w][:m.index+1]); short != nil {
 					t.Errorf("shortest sequence found (%d ops):", len(short))
 					for _, o := range short {
 						t.Errorf("  %v", o)

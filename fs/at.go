@@ -99,6 +99,44 @@ func (n *node) locate(name string) (loc, syscall.Errno) {
 	return holder.locateByPath(name) // out of descriptors: walk from the root
 }
 
+// locateFor finds n itself for a request of ctx's caller. For a request
+// carried out with her credentials (creds.go) it is a descriptor of n's
+// file (locateSelf), not a name in a folder: the folder go-fuse keeps as
+// n's parent is one of the file's names, not necessarily the one she came
+// by (a hard link), and she may not search it, while the kernel has
+// checked the path she took. Root's requests keep the cheaper name.
+func (n *node) locateFor(ctx context.Context) (loc, syscall.Errno) {
+	if n.m.switches(ctx) {
+		return n.locateSelf()
+	}
+	return n.locate("")
+}
+
+// locateSelf opens (O_PATH, as the daemon) the file n is, and checks it is
+// still that file: a name swapped on SOURCE for another file gives ESTALE,
+// never the other file.
+func (n *node) locateSelf() (loc, syscall.Errno) {
+	l, errno := n.locate("")
+	if errno != 0 || l.path == "" {
+		return l, errno
+	}
+	fd, err := unix.Openat(l.dir, l.path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	l.done()
+	if err != nil {
+		return loc{}, gofs.ToErrno(err)
+	}
+	var x unix.Statx_t
+	if errno := statxFd(fd, &x); errno != 0 {
+		unix.Close(fd)
+		return loc{}, errno
+	}
+	if id := n.m.stableAttr(&x); id.Ino != n.StableAttr().Ino || id.Gen != n.StableAttr().Gen {
+		unix.Close(fd)
+		return loc{}, syscall.ESTALE
+	}
+	return opened(fd), 0
+}
+
 // locateByPath finds the entry name of n by its path from the root.
 func (n *node) locateByPath(name string) (loc, syscall.Errno) {
 	rel, ok := n.relPath()

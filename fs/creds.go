@@ -59,6 +59,12 @@ func (m *shared) asCaller(ctx context.Context, fn func() syscall.Errno) syscall.
 	return m.calls.as(thread{uid: c.Uid, gid: c.Gid, groups: m.calls.groups.of(c)}, fn)
 }
 
+// switches says whether asCaller would switch credentials for ctx's caller.
+func (m *shared) switches(ctx context.Context) bool {
+	c, ok := fuse.FromContext(ctx)
+	return m.euid == 0 && (!ok || c.Uid != 0)
+}
+
 // as runs fn on the calling goroutine's thread, locked and switched to t,
 // and switches it back. A switch to the daemon's own fsuid is no switch:
 // refused, so that a thread's fsuid says whether it is switched.

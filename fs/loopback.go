@@ -178,7 +178,7 @@ func (n *node) openNew(ctx context.Context, name string, flags, mode uint32, out
 }
 
 func (n *node) link(ctx context.Context, target *node, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	from, errno := target.locate("")
+	from, errno := target.locateFor(ctx)
 	if errno != 0 {
 		return nil, errno
 	}
@@ -257,7 +257,7 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 // following any symlink: a folder swapped for one on the source cannot lead
 // elsewhere.
 func (n *node) open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	l, errno := n.locate("")
+	l, errno := n.locateFor(ctx)
 	if errno != 0 {
 		return nil, 0, errno
 	}
@@ -277,7 +277,10 @@ func (n *node) open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 
 func openNoSymlinks(l loc, flags int) (int, error) {
 	if l.path == "" {
-		return unix.Open(l.proc(), flags|unix.O_CLOEXEC, 0) // reopened, as through /proc on a plain file system
+		// Reopened, as through /proc on a plain file system. The link is
+		// /proc's, not the file's: O_NOFOLLOW (the caller's, for the file,
+		// which is no symlink) would refuse it.
+		return unix.Open(l.proc(), flags&^unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	}
 	how := unix.OpenHow{Flags: uint64(flags) | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS}
 	fd, err := unix.Openat2(l.dir, l.path, &how)
@@ -333,7 +336,7 @@ func (n *node) openDir() (int, syscall.Errno) {
 // root's file meanwhile), and only if it clears set-id bits and nothing
 // else.
 func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	errno := n.m.asCaller(ctx, func() syscall.Errno { return n.setattrAs(ctx, f, in, out) })
+	errno := n.setattrAsCaller(ctx, f, in, out)
 	mode, ok := in.GetMode()
 	if errno != syscall.EPERM || !ok || n.m.euid != 0 {
 		return errno
@@ -346,7 +349,22 @@ func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	if rest.Valid&^(fuse.FATTR_FH|fuse.FATTR_LOCKOWNER) == 0 {
 		return 0
 	}
-	return n.m.asCaller(ctx, func() syscall.Errno { return n.setattrAs(ctx, f, &rest, out) })
+	return n.setattrAsCaller(ctx, f, &rest, out)
+}
+
+// setattrAsCaller makes the changes in asks for with the caller's
+// credentials: by the open file f if there is one (which describes it
+// too), else at n itself.
+func (n *node) setattrAsCaller(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if fs, ok := f.(gofs.FileSetattrer); ok {
+		return n.m.asCaller(ctx, func() syscall.Errno { return fs.Setattr(ctx, in, out) })
+	}
+	l, errno := n.locateFor(ctx) // as the daemon: she need not search go-fuse's parent
+	if errno != 0 {
+		return errno
+	}
+	defer l.done()
+	return n.m.asCaller(ctx, func() syscall.Errno { return setattrDescribe(l, in, out) })
 }
 
 // clearSetID sets mode on n's file through a descriptor of one of its open
@@ -388,15 +406,9 @@ func dropsSetID(now, mode uint32) bool {
 	return mode != now && mode&^now == 0 && (now^mode)&^setID == 0
 }
 
-func (n *node) setattrAs(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if fs, ok := f.(gofs.FileSetattrer); ok {
-		return fs.Setattr(ctx, in, out) // which describes the file too
-	}
-	l, errno := n.locate("")
-	if errno != 0 {
-		return errno
-	}
-	defer l.done()
+// setattrDescribe makes the changes in asks for at l and describes the
+// entry in out.
+func setattrDescribe(l loc, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if errno := setattrAt(l, in); errno != 0 {
 		return errno
 	}
@@ -531,7 +543,7 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 // whether the path is a /proc link to n, to be followed, or n's own name,
 // not to be.
 func (n *node) xattr(ctx context.Context, call func(path string, follow bool) (int, error)) (uint32, syscall.Errno) {
-	l, errno := n.locate("")
+	l, errno := n.locateFor(ctx)
 	if errno != 0 {
 		return 0, errno
 	}
