@@ -3,6 +3,7 @@ package e2e
 import (
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,21 +23,24 @@ func hungPath(t *testing.T) string {
 	return filepath.Join(a.mnt, "sub")
 }
 
-// otherDaemon returns the pid of a process, not parent, started for e.
-func otherDaemon(t *testing.T, e *env, parent int) int {
+// loggedDaemon returns the pid the daemon writes in its first log line
+// ("msg=starting ... pid=N"): the process list would also show the short-
+// lived middle process of the detaching forks, which is not ours to reap.
+func loggedDaemon(t *testing.T, e *env) int {
 	t.Helper()
 	var pid int
-	eventually(t, "the daemon process", func() bool {
-		for _, p := range daemonsFor(t, e.dir) {
-			if n, _ := strconv.Atoi(p); n != parent && n > 0 {
-				pid = n
-				return true
-			}
+	eventually(t, "the daemon's first log line", func() bool {
+		m := startingPid.FindStringSubmatch(e.log())
+		if m == nil {
+			return false
 		}
-		return false
+		pid, _ = strconv.Atoi(m[1])
+		return pid > 0
 	})
 	return pid
 }
+
+var startingPid = regexp.MustCompile(`msg=starting .*? pid=(\d+)`)
 
 func TestReadyTimeoutStopsTheDaemon(t *testing.T) {
 	hung := hungPath(t)
@@ -67,11 +71,10 @@ func TestInterruptedStartStopsTheDaemon(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	d := otherDaemon(t, e, cmd.Process.Pid)
-	e.pids = append(e.pids, d)
 	// Until it logs, the daemon may not handle signals yet: a SIGTERM then
 	// ends it by default, which is clean but not what this test is about.
-	eventually(t, "the daemon's first log line", func() bool { return strings.Contains(e.log(), "msg=starting") })
+	d := loggedDaemon(t, e)
+	e.pids = append(e.pids, d)
 	cmd.Process.Signal(syscall.SIGINT)
 	cmd.Wait()
 	if code := cmd.ProcessState.ExitCode(); code != 130 {
