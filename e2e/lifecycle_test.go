@@ -86,6 +86,9 @@ func TestDaemonProperties(t *testing.T) {
 func checkFds(t *testing.T, pid int, logf string) {
 	t.Helper()
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	// The daemon closes the status pipe right after writing "ok", which
+	// may be after the waiting process read it and exited.
+	eventually(t, "the status pipe to be closed", func() bool { return !hasPipe(dir) })
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -105,6 +108,17 @@ func checkFds(t *testing.T, pid int, logf string) {
 			t.Errorf("fd %d (%s) would leak into children: no O_CLOEXEC", fd, target)
 		}
 	}
+}
+
+// hasPipe says whether a process's fd folder holds a pipe.
+func hasPipe(dir string) bool {
+	entries, _ := os.ReadDir(dir)
+	for _, ent := range entries {
+		if target, _ := os.Readlink(filepath.Join(dir, ent.Name())); strings.HasPrefix(target, "pipe:") {
+			return true
+		}
+	}
+	return false
 }
 
 func cloexec(t *testing.T, pid int, fd string) bool {
