@@ -376,6 +376,11 @@ var _ = (gofs.FileSetlkwer)((*file)(nil))
 // limit. Here the waiter tries without blocking and sleeps on a timer
 // between tries, which holds no thread; a signal to the waiting process
 // (the kernel's FUSE_INTERRUPT) cancels ctx and ends the wait with EINTR.
+//
+// Locks are not refused under read_only: a lock changes nothing on SOURCE,
+// and it is taken on the caller's own open file, opened as her, so it is
+// what she may do there (flock on a read-only file; a POSIX write lock
+// only on a file open for writing, which read_only does not give).
 func (f *file) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
 	wait := lockWaitMin
 	for {
