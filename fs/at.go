@@ -7,8 +7,10 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
 
@@ -368,6 +370,85 @@ var _ = (gofs.FileAllocater)((*file)(nil))
 // Allocate reserves blocks as the caller, as Write does.
 func (f *file) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
 	return f.n.m.asCaller(ctx, func() syscall.Errno { return f.LoopbackFile.Allocate(ctx, off, size, mode) })
+}
+
+var _ = (gofs.FileWritever)((*file)(nil))
+
+// Writev writes as the caller, as Write does: go-fuse calls it for a write
+// whose data comes in pieces, and LoopbackFile's would write as root.
+func (f *file) Writev(ctx context.Context, data [][]byte, off int64) (uint32, syscall.Errno) {
+	var n uint32
+	errno := f.n.m.asCaller(ctx, func() (errno syscall.Errno) {
+		n, errno = f.LoopbackFile.Writev(ctx, data, off)
+		return errno
+	})
+	return n, errno
+}
+
+// statxSyncType is AT_STATX_SYNC_TYPE, the statx flags that choose how
+// fresh the answer must be.
+const statxSyncType = unix.AT_STATX_FORCE_SYNC | unix.AT_STATX_DONT_SYNC
+
+var _ = (gofs.FileStatxer)((*file)(nil))
+
+// Statx describes the open file by its descriptor. LoopbackFile's passes
+// an empty path without AT_EMPTY_PATH (ENOENT) and the kernel's flags as
+// they come; only the sync type is the caller's to choose.
+func (f *file) Statx(ctx context.Context, flags, mask uint32, out *fuse.StatxOut) syscall.Errno {
+	fd, ok := f.PassthroughFd()
+	if !ok {
+		return syscall.EBADF
+	}
+	var x unix.Statx_t
+	err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|int(flags)&statxSyncType, int(mask), &x)
+	if err != nil {
+		return gofs.ToErrno(err)
+	}
+	out.FromStatx(&x)
+	if p := f.n.m.policy.Load(); p.AttrTimeout > 0 {
+		out.SetTimeout(p.AttrTimeout)
+	}
+	return 0
+}
+
+// Waits between two tries of a lock that is held: short at first, so that
+// a lock let go soon is taken soon, then no more than lockWaitMax.
+const (
+	lockWaitMin = time.Millisecond
+	lockWaitMax = 50 * time.Millisecond
+)
+
+var _ = (gofs.FileSetlkwer)((*file)(nil))
+
+// Setlkw waits for a lock (POSIX or flock, as Setlk tells them apart by
+// flags) without blocking a thread: LoopbackFile's blocks one in
+// fcntl(F_OFD_SETLKW) or flock(LOCK_EX) per waiter, for as long as the
+// lock is held, and a waiter killed meanwhile leaves it blocked, so that
+// any user could pile up threads until the daemon dies at the runtime's
+// limit. Here the waiter tries without blocking and sleeps on a timer
+// between tries, which holds no thread; a signal to the waiting process
+// (the kernel's FUSE_INTERRUPT) cancels ctx and ends the wait with EINTR.
+//
+// Locks are not refused under read_only: a lock changes nothing on SOURCE,
+// and it is taken on the caller's own open file, opened as her, so it is
+// what she may do there (flock on a read-only file; a POSIX write lock
+// only on a file open for writing, which read_only does not give).
+func (f *file) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	wait := lockWaitMin
+	for {
+		errno := f.LoopbackFile.Setlk(ctx, owner, lk, flags)
+		if errno != syscall.EAGAIN && errno != syscall.EACCES {
+			return errno // taken, or an error that waiting does not mend
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return syscall.EINTR
+		case <-t.C:
+		}
+		wait = min(2*wait, lockWaitMax)
+	}
 }
 
 // openLoc locates n through a copy of an open file's descriptor.

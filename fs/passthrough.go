@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -43,18 +44,59 @@ func (b *backing) InodeNotifyStoreCache(node uint64, offset int64, data []byte) 
 	return b.srv.InodeNotifyStoreCache(node, offset, data)
 }
 
-// RegisterBackingFd is called by go-fuse on the first open of an inode.
+// RegisterBackingFd is called by go-fuse on the first open of an inode,
+// with that open's descriptor.
 func (b *backing) RegisterBackingFd(m *fuse.BackingMap) (int32, syscall.Errno) {
 	if b.disabled {
 		return 0, syscall.ENOSYS
 	}
-	id, errno := b.register(m)
+	id, errno := b.registerCopy(m)
 	if errno != 0 {
 		b.set(fmt.Sprintf("off (registering a backing file failed: %v)", errno), slog.LevelWarn)
 	} else {
 		b.set("on", slog.LevelInfo)
 	}
 	return id, errno
+}
+
+// registerCopy registers a file description of m's file of its own, not
+// m's: the kernel keeps the registered one for as long as any passthrough
+// open of the inode lasts, and a flock lives on a file description, so the
+// first opener's flock would outlive her close for as long as anyone else
+// has the file open. The copy is reopened by the daemon, as root, from its
+// own descriptor (through /proc, not by a path that could lead elsewhere),
+// with the same access mode; the kernel keeps its own reference once it is
+// registered.
+func (b *backing) registerCopy(m *fuse.BackingMap) (int32, syscall.Errno) {
+	fd, errno := reopen(int(m.Fd))
+	if errno != 0 {
+		return 0, errno
+	}
+	defer unix.Close(fd)
+	return b.register(&fuse.BackingMap{Fd: int32(fd), Flags: m.Flags})
+}
+
+// reopen opens fd's file anew: a new file description, with fd's access
+// mode, checked to be the same inode.
+func reopen(fd int) (int, syscall.Errno) {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return -1, gofs.ToErrno(err)
+	}
+	dup, err := unix.Open("/proc/self/fd/"+strconv.Itoa(fd), fl&unix.O_ACCMODE|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		return -1, gofs.ToErrno(err)
+	}
+	var a, c unix.Stat_t
+	if err := unix.Fstat(fd, &a); err != nil {
+		unix.Close(dup)
+		return -1, gofs.ToErrno(err)
+	}
+	if err := unix.Fstat(dup, &c); err != nil || a.Dev != c.Dev || a.Ino != c.Ino {
+		unix.Close(dup)
+		return -1, syscall.ESTALE
+	}
+	return dup, 0
 }
 
 // capSysAdmin is what registering a backing file needs (the ioctl checks
