@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -144,6 +145,45 @@ func TestDefaultACLHandedDownAsOnSource(t *testing.T) {
 					if errA != nil || errB != nil || fa.Mode() != fb.Mode() {
 						t.Errorf("%s/%s: mode %v on SOURCE, %v through the mirror (%v, %v)", name, kind, fa.Mode(), fb.Mode(), errA, errB)
 					}
+				}
+			}
+		})
+	}
+}
+
+// TestFolderSwappedInAtANodesNameIsNotThatNode: in a shared folder without
+// the sticky bit she may rename anyone's folder to the name of one of hers
+// that the kernel knows. The mirror, opening that node's folder again by
+// name as root, must not list the other folder (opendir) nor look names up
+// in it (a folder kept open for the node); she is told what SOURCE tells
+// her.
+func TestFolderSwappedInAtANodesNameIsNotThatNode(t *testing.T) {
+	for mode, opts := range modes {
+		t.Run(mode, func(t *testing.T) {
+			uid, gid := adversary(t)
+			e := newEnv(t)
+			openUp(e)
+			shared := filepath.Join(e.src, "shared")
+			os.Mkdir(shared, 0o777)
+			os.Chmod(shared, 0o777)
+			probes := map[string]string{"list": "ls %s", "look": "stat -c %%n %s/secret-name"}
+			for name := range probes {
+				victim := filepath.Join(shared, "victim-"+name)
+				os.Mkdir(victim, 0o700)
+				os.WriteFile(filepath.Join(victim, "secret-name"), []byte("s"), 0o600)
+				os.Mkdir(filepath.Join(shared, name), 0o755)
+				os.Chown(filepath.Join(shared, name), uid, gid)
+			}
+			e.start(append([]string{"-o", "allow_other"}, opts...)...)
+			for name, probe := range probes {
+				mine, at := filepath.Join(shared, name), filepath.Join(e.mnt, "shared", name)
+				// The kernel knows her folder's node, and no more (no listing,
+				// no folder kept open for it); then root's takes its name.
+				script := fmt.Sprintf("stat %s >/dev/null && mv %s %s.old && mv %s %s && "+probe,
+					at, mine, mine, filepath.Join(shared, "victim-"+name), mine, at)
+				out, err := asAdversary(t, "sh", "-c", script)
+				if err == nil || strings.Contains(out, "secret-name\n") || !strings.Contains(out, "Permission denied") {
+					t.Errorf("%s: %v, %q", fmt.Sprintf(probe, at), err, out)
 				}
 			}
 		})

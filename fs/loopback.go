@@ -319,6 +319,13 @@ func (n *node) openDir() (int, syscall.Errno) {
 		return fd, gofs.ToErrno(err)
 	}
 	fd, err := unix.Openat(l.dir, l.path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err == nil {
+		err = n.isFile(fd) // opened by name, as root: not anyone's folder put there since
+		if err != nil {
+			unix.Close(fd)
+			fd = -1
+		}
+	}
 	return fd, gofs.ToErrno(err)
 }
 
