@@ -189,3 +189,29 @@ func TestFolderSwappedInAtANodesNameIsNotThatNode(t *testing.T) {
 		})
 	}
 }
+
+// TestSourceWithoutACLs: on a SOURCE that has no ACLs, which answers
+// EOPNOTSUPP for them (sysfs here, as FAT and others), the kernel, asking
+// for them at each check, is told there are none, and the mode bits decide,
+// for others as for the owner.
+func TestSourceWithoutACLs(t *testing.T) {
+	const src = "/sys/kernel"
+	if _, err := os.Stat(src + "/uevent_seqnum"); err != nil {
+		t.Skip(err)
+	}
+	for mode, opts := range modes {
+		t.Run(mode, func(t *testing.T) {
+			adversary(t)
+			e := newEnv(t)
+			openUp(e)
+			e.src = src
+			e.start(append([]string{"-o", "allow_other", "-o", "ro"}, opts...)...)
+			if out, err := asAdversary(t, "ls", e.mnt); err != nil || !strings.Contains(out, "uevent_seqnum\n") {
+				t.Errorf("ls as another user: %v, %q", err, out)
+			}
+			if out, err := asAdversary(t, "cat", filepath.Join(e.mnt, "uevent_seqnum")); err != nil || strings.TrimSpace(out) == "" {
+				t.Errorf("cat as another user: %v, %q", err, out)
+			}
+		})
+	}
+}
