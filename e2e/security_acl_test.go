@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // POSIX ACLs: whatever an ACL on SOURCE denies or grants a user, it denies
@@ -211,6 +212,44 @@ func TestSourceWithoutACLs(t *testing.T) {
 			}
 			if out, err := asAdversary(t, "cat", filepath.Join(e.mnt, "uevent_seqnum")); err != nil || strings.TrimSpace(out) == "" {
 				t.Errorf("cat as another user: %v, %q", err, out)
+			}
+		})
+	}
+}
+
+// TestACLChangedOnSourceIsSeen: the kernel keeps a node's ACLs as long as
+// its attributes. An entry taken away from a folder on SOURCE shuts her out
+// once they expire (the attribute timeout: a second; what she opens is
+// opened as her, so SOURCE refuses a file at once); one given on SOURCE
+// lets her in at once, as a refusal makes the kernel fetch both again.
+func TestACLChangedOnSourceIsSeen(t *testing.T) {
+	requireACL(t)
+	for mode, opts := range modes {
+		t.Run(mode, func(t *testing.T) {
+			adversary(t)
+			e := newEnv(t)
+			openUp(e)
+			dir := filepath.Join(e.src, "dir")
+			os.Mkdir(dir, 0o700)
+			e.start(append([]string{"-o", "allow_other"}, opts...)...)
+			at := filepath.Join(e.mnt, "dir")
+			if ok, out := refused(t, "ls", at); !ok {
+				t.Fatalf("ls of a 0700 folder of root's: %q", out)
+			}
+			setfacl(t, "-m", "u:"+advName+":rx", dir)
+			if out, err := asAdversary(t, "ls", at); err != nil {
+				t.Errorf("ls right after an ACL let her in: %v, %q", err, out)
+			}
+			setfacl(t, "-m", "u:"+advName+":---", dir)
+			start := time.Now()
+			eventually(t, "the ACL taken away on SOURCE shuts her out", func() bool {
+				ok, _ := refused(t, "ls", at)
+				return ok
+			})
+			d := time.Since(start)
+			t.Logf("a revoked entry was honoured for %v", d)
+			if d > 3*time.Second {
+				t.Errorf("a revoked ACL entry was honoured for %v", d)
 			}
 		})
 	}
