@@ -212,6 +212,12 @@ func (n *node) acquire() (*dirRef, syscall.Errno) {
 	}
 	fd, err := unix.Openat(pr.fd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	pr.release()
+	if err == nil {
+		err = n.isFile(fd)
+		if err != nil {
+			unix.Close(fd)
+		}
+	}
 	if err != nil {
 		n.m.kept.Add(-1)
 		return nil, gofs.ToErrno(err)
@@ -224,6 +230,22 @@ func (n *node) acquire() (*dirRef, syscall.Errno) {
 		return n.acquire()
 	}
 	return r, 0
+}
+
+// isFile says whether fd, opened by n's parent and name, is n's own file:
+// a node is its file, not its name. Another folder put at the name since
+// (in a shared folder, anyone's 0700 one) is not n: ESTALE, and the kernel
+// looks the name up again.
+func (n *node) isFile(fd int) error {
+	var x unix.Statx_t
+	if errno := statxFd(fd, &x); errno != 0 {
+		return errno
+	}
+	got, want := n.m.stableAttr(&x), n.StableAttr()
+	if got.Ino != want.Ino || got.Gen != want.Gen {
+		return unix.ESTALE
+	}
+	return nil
 }
 
 var _ = (gofs.NodeOnForgetter)((*node)(nil))

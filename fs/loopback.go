@@ -120,10 +120,12 @@ func (n *node) made(ctx context.Context, name string, out *fuse.EntryOut, rm int
 }
 
 func (n *node) mknod(ctx context.Context, name string, mode, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	mode = n.masked(ctx, mode)
 	return n.made(ctx, name, out, 0, func(l loc) error { return unix.Mknodat(l.dir, l.path, mode, int(dev)) })
 }
 
 func (n *node) mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	mode = n.masked(ctx, mode)
 	return n.made(ctx, name, out, unix.AT_REMOVEDIR, func(l loc) error { return unix.Mkdirat(l.dir, l.path, mode) })
 }
 
@@ -135,12 +137,12 @@ func (n *node) symlink(ctx context.Context, target, name string, out *fuse.Entry
 // missing; one made on the source since is opened as it is (O_EXCL tells
 // which), not given to the caller, and a symlink there is not followed.
 func (n *node) create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	return n.openNew(ctx, name, flags|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, mode, out, flags&unix.O_EXCL == 0)
+	return n.openNew(ctx, name, flags|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, n.masked(ctx, mode), out, flags&unix.O_EXCL == 0)
 }
 
 // tmpfile makes an unnamed file in n.
 func (n *node) tmpfile(ctx context.Context, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	return n.openNew(ctx, "", flags|unix.O_TMPFILE, mode, out, false)
+	return n.openNew(ctx, "", flags|unix.O_TMPFILE, n.masked(ctx, mode), out, false)
 }
 
 // openNew opens name in n with flags that make a new file, as the caller;
@@ -325,6 +327,13 @@ func (n *node) openDir() (int, syscall.Errno) {
 		return fd, gofs.ToErrno(err)
 	}
 	fd, err := unix.Openat(l.dir, l.path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err == nil {
+		err = n.isFile(fd) // opened by name, as root: not anyone's folder put there since
+		if err != nil {
+			unix.Close(fd)
+			fd = -1
+		}
+	}
 	return fd, gofs.ToErrno(err)
 }
 
@@ -558,12 +567,25 @@ func (n *node) xattr(ctx context.Context, call func(path string, follow bool) (i
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	return n.xattr(ctx, func(p string, follow bool) (int, error) {
+	size, errno := n.xattr(ctx, func(p string, follow bool) (int, error) {
 		if follow {
 			return unix.Getxattr(p, attr, dest)
 		}
 		return unix.Lgetxattr(p, attr, dest)
 	})
+	if errno == syscall.EOPNOTSUPP && isACL(attr) {
+		// The kernel asks for the ACLs of every node it checks (EnableAcl),
+		// and takes any error as the answer to the check. A SOURCE without
+		// ACLs (exFAT, FAT, ...) has none: its mode bits are all there is.
+		return 0, syscall.ENODATA
+	}
+	return size, errno
+}
+
+// isACL says whether attr is one of the POSIX ACLs, which the kernel reads
+// for its own permission checks.
+func isACL(attr string) bool {
+	return attr == "system.posix_acl_access" || attr == "system.posix_acl_default"
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {

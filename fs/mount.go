@@ -69,7 +69,7 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 	opts := o.gofsOptions(b)
 	opts.RootStableAttr = &root.m.rootAttr // the mountpoint shows SOURCE's inode number, not 0
 	opts.MaxWrite = maxWrite
-	raw := &bridgeInit{gofs.NewNodeFS(root, opts), b}
+	raw := &bridgeInit{&umasks{gofs.NewNodeFS(root, opts), &root.m.umasks}, b}
 	mount := mountFusermount
 	if os.Geteuid() == 0 {
 		mount = mountKernel
@@ -288,6 +288,15 @@ func (o Options) gofsOptions(b *backing) *gofs.Options {
 			// Locks go to the source, so the mirror's users and the source's
 			// see the same locks.
 			EnableLocks: true,
+			// The kernel checks POSIX ACLs, not mode bits alone: an ACL
+			// entry that shuts a user out of a folder on SOURCE shuts her
+			// out here, on every component of a path, though root serves
+			// her. It reads them through Getxattr (as her) and keeps them
+			// as long as the attributes (attrTimeout, or the policy's).
+			EnableAcl: true,
+			// The umask comes apart from the mode: a default ACL replaces it
+			// (umask.go).
+			ExtraCapabilities: fuse.CAP_DONT_MASK,
 			// Read replies are copied, not spliced: for the common small
 			// reads a splice costs more calls than it saves copying.
 			DisableSplice: true,

@@ -26,6 +26,7 @@ type shared struct {
 	rootAttr gofs.StableAttr
 	rootRef  *dirRef      // rootFd, never released
 	kept     atomic.Int32 // folders keeping a descriptor (at.go)
+	umasks   umaskTable   // the umask of each request making an entry (umask.go)
 }
 
 // node is one file or directory of the mirror: the loopback (loopback.go),
