@@ -127,14 +127,9 @@ func (n *node) locateSelf() (loc, syscall.Errno) {
 	if err != nil {
 		return loc{}, gofs.ToErrno(err)
 	}
-	var x unix.Statx_t
-	if errno := statxFd(fd, &x); errno != 0 {
+	if err := n.isFile(fd); err != nil {
 		unix.Close(fd)
-		return loc{}, errno
-	}
-	if id := n.m.stableAttr(&x); id.Ino != n.StableAttr().Ino || id.Gen != n.StableAttr().Gen {
-		unix.Close(fd)
-		return loc{}, syscall.ESTALE
+		return loc{}, gofs.ToErrno(err)
 	}
 	return opened(fd), 0
 }
