@@ -18,7 +18,7 @@ build: ## build ./mirrorfs
 # report lands in the daemon's log, which the tests check.
 RACE_TESTS := TestStopSignals|TestSIGHUPStorm|TestExternalUnmount|TestAutoRemount|TestDifferential|TestPolicyHide
 
-test: lint ## lint, unit, fuzz (briefly) and end-to-end tests (needs root, /dev/fuse and fuse3)
+test: deps lint ## lint, unit, fuzz (briefly) and end-to-end tests (needs root and /dev/fuse)
 	$(GO) test -count=1 -timeout 15m ./...
 	MIRRORFS_RACE=1 $(GO) test -count=1 -timeout 10m -run '$(RACE_TESTS)' ./e2e/
 	$(MAKE) --no-print-directory fuzz FUZZTIME=30000x
@@ -34,7 +34,7 @@ fuzz: ## run each fuzz target for FUZZTIME (a duration, or Nx runs; seeds: f.Add
 
 .PHONY: unit
 unit: ## unit tests only (no FUSE needed)
-	$(GO) test -count=1 ./daemon/ ./fs/
+	$(GO) test -count=1 ./daemon/ ./fs/ ./policy/
 
 .PHONY: e2e
 e2e: ## end-to-end tests only
@@ -64,11 +64,15 @@ demo: build ## mount a demo mirror of ./demo/src at ./demo/mnt
 	./mirrorfs --pidfile demo/mirrorfs.pid --log demo/mirrorfs.log demo/src demo/mnt
 	@echo "try: cat demo/mnt/hello.txt; stop: kill \$$(cat demo/mirrorfs.pid)"
 
+.PHONY: deps
+deps: ## install the Debian packages the tests need, if missing (scripts/test-deps)
+	scripts/test-deps
+
 .PHONY: lint
 lint: ## gofmt, go vet, shellcheck
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
 	$(GO) vet ./...
-	shellcheck scripts/mirrorfs-ctl .ci/run
+	shellcheck scripts/mirrorfs-ctl scripts/test-deps .ci/run
 
 .PHONY: install
 install: build ## install the binary, the wrapper and the systemd units
