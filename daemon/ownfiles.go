@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"mirrorfs/policy"
 )
 
 // The daemon's own files (pidfile, lock, state, log) live in folders that
@@ -61,7 +63,7 @@ func checkOwnFile(st *unix.Stat_t, maxPerm uint32) error {
 	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
 		return errors.New("is a symlink; refusing to follow it")
 	case st.Mode&unix.S_IFMT != unix.S_IFREG:
-		return fmt.Errorf("is not a regular file (%s)", fileType(st.Mode))
+		return fmt.Errorf("is not a regular file (%s)", policy.TypeName(st.Mode))
 	case st.Uid != uint32(os.Geteuid()):
 		return fmt.Errorf("belongs to uid %d, not to us; refusing it", st.Uid)
 	case perm&^maxPerm&0o022 != 0:
@@ -70,22 +72,6 @@ func checkOwnFile(st *unix.Stat_t, maxPerm uint32) error {
 		return fmt.Errorf("has mode %04o, more than %04o; refusing it", perm, maxPerm)
 	}
 	return nil
-}
-
-func fileType(mode uint32) string {
-	switch mode & unix.S_IFMT {
-	case unix.S_IFIFO:
-		return "a FIFO"
-	case unix.S_IFCHR:
-		return "a character device"
-	case unix.S_IFBLK:
-		return "a block device"
-	case unix.S_IFDIR:
-		return "a directory"
-	case unix.S_IFSOCK:
-		return "a socket"
-	}
-	return fmt.Sprintf("type %o", mode&unix.S_IFMT)
 }
 
 // statOwnFile checks name in dir, if it exists, before it is opened (for a

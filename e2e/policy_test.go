@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -49,21 +48,7 @@ func (e *env) state() daemon.State {
 func (e *env) reload(text string) daemon.Reload {
 	e.t.Helper()
 	e.writePolicy(text)
-	var before time.Time
-	if r := e.state().LastReload; r != nil {
-		before = r.Time
-	}
-	syscall.Kill(e.pid(), syscall.SIGHUP)
-	var got daemon.Reload
-	eventually(e.t, "the reload to be recorded", func() bool {
-		r := e.state().LastReload
-		if r != nil && r.Time.After(before) {
-			got = *r
-			return true
-		}
-		return false
-	})
-	return got
+	return e.hup()
 }
 
 func wantErrno(t *testing.T, what string, err error, want syscall.Errno) {

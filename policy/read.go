@@ -60,7 +60,7 @@ func readOnce(name string) (b []byte, steady bool, err error) {
 		return nil, false, fmt.Errorf("policy %s: %w", name, err)
 	}
 	if before.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, false, fmt.Errorf("policy %s: is %s, not a regular file", name, typeName(before.Mode))
+		return nil, false, fmt.Errorf("policy %s: is %s, not a regular file", name, TypeName(before.Mode))
 	}
 	if before.Size > MaxFileSize {
 		return nil, false, fmt.Errorf("policy %s: larger than %s", name, sizeName)
@@ -99,8 +99,9 @@ func blank(b []byte) bool {
 	return true
 }
 
-// typeName names the kind of a file that is not a regular one.
-func typeName(mode uint32) string {
+// TypeName names the kind of a file that is not a regular one, for the
+// messages that refuse it (the daemon's own files use it too).
+func TypeName(mode uint32) string {
 	switch mode & unix.S_IFMT {
 	case unix.S_IFIFO:
 		return "a FIFO"
