@@ -22,10 +22,12 @@ var (
 	mirrorfs = flag.String("mirrorfs", "./mirrorfs", "the mirrorfs binary")
 	work     = flag.String("dir", "/var/tmp/mirrorfs-bench", "scratch folder on a disk file system")
 	only     = flag.String("only", "", "run only the workloads whose name contains this")
+	files    = flag.Int("files", 0, "with "+cycleEnv+" set: files in the metadata cycle to run")
 )
 
 func main() {
 	flag.Parse()
+	runCycleIfAsked() // a copy of this program as another user
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -45,6 +47,9 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if selfCopy, err = copySelf(*work); err != nil {
+		return err
+	}
 	defer s.teardown()
 	res := newResults()
 	for r := 0; r < *rounds; r++ {
@@ -59,6 +64,24 @@ func run() error {
 		return err
 	}
 	return os.WriteFile(*out, []byte(table), 0o644)
+}
+
+// selfCopy is a copy of this program that any user may run (go run builds
+// it in a private folder).
+var selfCopy string
+
+func copySelf(work string) (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(self)
+	if err != nil {
+		return "", err
+	}
+	dst := filepath.Join(work, "bench")
+	os.Remove(dst)
+	return dst, os.WriteFile(dst, b, 0o755)
 }
 
 // machine describes where the numbers come from.

@@ -18,12 +18,14 @@ type target struct {
 	start func(src, mnt string, id string) (pid int, err error) // nil: the plain folder
 }
 
+// Every mount is shared (allow_other), as a mirror serving other users is:
+// the "another user" workload needs it, and each target pays for it alike.
 func targets(mirrorfs, work string) []target {
 	ts := []target{
 		{name: "plain"},
-		{name: "mirrorfs", start: mirrorfsStarter(mirrorfs, work)},
-		{name: "mirrorfs nopassthrough", start: mirrorfsStarter(mirrorfs, work, "-o", "nopassthrough")},
-		{name: "mirrorfs + 100 hide patterns", start: mirrorfsStarter(mirrorfs, work, "--config", policyFile(work))},
+		{name: "mirrorfs", start: mirrorfsStarter(mirrorfs, work, "-o", "allow_other")},
+		{name: "mirrorfs nopassthrough", start: mirrorfsStarter(mirrorfs, work, "-o", "allow_other,nopassthrough")},
+		{name: "mirrorfs + 100 hide patterns", start: mirrorfsStarter(mirrorfs, work, "-o", "allow_other", "--config", policyFile(work))},
 		{name: "bindfs", start: helperStarter("bindfs")},
 	}
 	if _, err := exec.LookPath("mergerfs"); err == nil {
@@ -65,7 +67,7 @@ func policyFile(work string) string {
 // helperStarter starts a FUSE daemon that detaches once mounted (libfuse).
 func helperStarter(name string) func(src, mnt, id string) (int, error) {
 	return func(src, mnt, id string) (int, error) {
-		if out, err := exec.Command(name, src, mnt).CombinedOutput(); err != nil {
+		if out, err := exec.Command(name, "-o", "allow_other", src, mnt).CombinedOutput(); err != nil {
 			return 0, fmt.Errorf("%s: %v: %s", name, err, out)
 		}
 		return findProcess(name, mnt)

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -56,6 +57,9 @@ func (s *setup) workloads() []workload {
 		}},
 		{name: "metadata tmpfs, 2 clients", tmpfs: true, run: func(m mount, res *results) error {
 			return metadata(m, res, "metadata, tmpfs source, 2 clients", z.files, 2)
+		}},
+		{name: "metadata tmpfs, another user", tmpfs: true, run: func(m mount, res *results) error {
+			return metadataAsUser(m, res, "metadata, tmpfs source, as a user not root", z.files)
 		}},
 		{name: "find + stat", run: func(m mount, res *results) error {
 			dropCaches()
@@ -112,6 +116,51 @@ func metadata(m mount, res *results, name string, n, clients int) error {
 		}
 	}
 	return nil
+}
+
+// nobody is the user of the "another user" workload.
+const nobody = 65534
+
+// cycleEnv names the folder a copy of this program, run as another user,
+// runs one metadata cycle in (runCycleIfAsked).
+const cycleEnv = "MIRRORFS_BENCH_CYCLE"
+
+// metadataAsUser times a metadata cycle of n files run by a user who is not
+// root: through mirrorfs, each of her requests is carried out with her
+// credentials (a switch of the serving thread), where root's are not.
+func metadataAsUser(m mount, res *results, name string, n int) error {
+	dir := filepath.Join(m.dir, "user")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chown(dir, nobody, nobody); err != nil {
+		return err
+	}
+	cmd := exec.Command(selfCopy, "-files", fmt.Sprint(n))
+	cmd.Env = append(os.Environ(), cycleEnv+"="+filepath.Join(dir, "meta"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody, Groups: []uint32{}}}
+	began := time.Now()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("as uid %d: %v: %s", nobody, err, out)
+	}
+	res.add(name, "files/s", false, m.t.name, float64(n)/time.Since(began).Seconds())
+	return nil
+}
+
+// runCycleIfAsked runs the metadata cycle asked for by metadataAsUser, in
+// this process (run as that user), and exits.
+func runCycleIfAsked() {
+	dir := os.Getenv(cycleEnv)
+	if dir == "" {
+		return
+	}
+	if err := metadataCycle(dir, *files); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
 }
 
 func metadataCycle(dir string, n int) error {
