@@ -566,13 +566,39 @@ func (n *node) xattr(ctx context.Context, call func(path string, follow bool) (i
 	return uint32(size), errno
 }
 
+// xattrAsDaemon runs call on a path to n with the daemon's credentials.
+func (n *node) xattrAsDaemon(call func(path string, follow bool) (int, error)) (uint32, syscall.Errno) {
+	l, errno := n.locate("")
+	if errno != 0 {
+		return 0, errno
+	}
+	defer l.done()
+	size, err := call(l.proc(), l.path == "")
+	return uint32(size), gofs.ToErrno(err)
+}
+
+// Getxattr reads an extended attribute, as the caller, of a node that is
+// not hidden. The POSIX ACLs are read as the daemon: the kernel asks for
+// them at every permission check of a folder the caller does not own (a
+// round trip each time), SOURCE lets anyone who reaches an entry read them,
+// and the kernel has checked the path she took to it.
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	size, errno := n.xattr(ctx, func(p string, follow bool) (int, error) {
+	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
+		return 0, errno
+	}
+	get := func(p string, follow bool) (int, error) {
 		if follow {
 			return unix.Getxattr(p, attr, dest)
 		}
 		return unix.Lgetxattr(p, attr, dest)
-	})
+	}
+	var size uint32
+	var errno syscall.Errno
+	if isACL(attr) {
+		size, errno = n.xattrAsDaemon(get)
+	} else {
+		size, errno = n.xattr(ctx, get)
+	}
 	if errno == syscall.EOPNOTSUPP && isACL(attr) {
 		// The kernel asks for the ACLs of every node it checks (EnableAcl),
 		// and takes any error as the answer to the check. A SOURCE without
@@ -589,6 +615,9 @@ func isACL(attr string) bool {
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
+		return 0, errno
+	}
 	return n.xattr(ctx, func(p string, follow bool) (int, error) {
 		if follow {
 			return unix.Listxattr(p, dest)
