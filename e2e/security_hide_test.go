@@ -16,10 +16,11 @@ import (
 // The hidden names of the policy file stay hidden: by a name the source
 // folds to them, and after a reload, for everything opened or held before.
 
-// bothModes runs test once with passthrough (the default) and once without.
+// bothModes runs test once in each of the mirror's modes, with its options.
 func bothModes(t *testing.T, test func(t *testing.T, mode ...string)) {
-	t.Run("passthrough", func(t *testing.T) { test(t) })
-	t.Run("nopassthrough", func(t *testing.T) { test(t, "-o", "nopassthrough") })
+	for name, opts := range modes {
+		t.Run(name, func(t *testing.T) { test(t, opts...) })
+	}
 }
 
 func writeFiles(t *testing.T, root string, files map[string]string) {
