@@ -28,7 +28,7 @@ FUZZTIME ?= 1m
 .PHONY: fuzz
 fuzz: ## run each fuzz target for FUZZTIME (a duration, or Nx runs; seeds: f.Add and testdata/fuzz)
 	$(GO) test -run '^$$' -fuzz '^FuzzGate$$' -fuzztime $(FUZZTIME) ./daemon/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseMountinfo$$' -fuzztime $(FUZZTIME) ./daemon/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseMountinfo$$' -fuzztime $(FUZZTIME) ./mounts/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./policy/
 	$(GO) test -run '^$$' -fuzz '^FuzzHidden$$' -fuzztime $(FUZZTIME) ./policy/
 

@@ -9,5 +9,5 @@ import (
 )
 
 func main() {
-	os.Exit(daemon.Main(os.Args))
+	os.Exit(daemon.Main(os.Args, daemon.OSEnv()))
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"mirrorfs/mounts"
 )
 
 // target is one way of serving a source folder: plain (the folder itself),
@@ -126,8 +128,12 @@ func alive(pid int) bool {
 }
 
 func mountedAt(dir string) bool {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	return strings.Contains(string(b), " "+dir+" ")
+	table, err := mounts.Read()
+	if err != nil {
+		return false
+	}
+	_, ok := mounts.TopAt(table, dir)
+	return ok
 }
 
 // rssMiB is the resident set of pid.

@@ -71,10 +71,16 @@ func durationSetter(name string, field func(*Config) *time.Duration) func(*Confi
 	}
 }
 
+// Defaults of the command line's timeouts; --help shows these values.
+const (
+	DefaultReadyTimeout   = 30 * time.Second
+	DefaultUnmountTimeout = 10 * time.Second
+)
+
 // ParseArgs parses the arguments after the program name. Options may come
 // before, between or after the two positionals, as mount.fuse3 passes them.
 func ParseArgs(args []string) (*Config, error) {
-	c := &Config{ReadyTimeout: 30 * time.Second, UnmountTimeout: 10 * time.Second}
+	c := &Config{ReadyTimeout: DefaultReadyTimeout, UnmountTimeout: DefaultUnmountTimeout}
 	var positionals []string
 	for i := 0; i < len(args); i++ {
 		arg := args[i]

@@ -2,41 +2,51 @@ package daemon
 
 import (
 	"log/slog"
-	"sync/atomic"
 	"time"
+
+	"mirrorfs/fs"
 )
 
-// Health checks: the mount table is watched continuously (watchMount); every
-// healthInterval the daemon also asks its own mount to answer a statfs,
-// which goes through the kernel connection to the serving loop and back. A
-// change of state is logged.
+// Health comes from what needs no request to the mount (the daemon never
+// sends one to its own mount: a thread of ours waiting on it could keep the
+// process alive once its server threads are gone). The mount table is
+// watched continuously (mounts.Gone); every healthInterval the kernel's
+// count of requests waiting on the connection is read from fusectl. A
+// connection where requests have waited at each of healthStuck checks in a
+// row is reported as not answering, and a change of state is logged.
 const (
 	healthInterval = 5 * time.Second
-	healthTimeout  = 2 * time.Second
+	healthStuck    = 3
 )
 
 type health struct {
-	mnt      string
-	log      *slog.Logger
-	last     time.Time
-	inFlight atomic.Bool
-	failing  atomic.Bool
+	busy    int // checks in a row that found requests waiting
+	failing bool
 }
 
-// check starts a probe when one is due and none is in flight.
-func (h *health) check(now time.Time) {
-	if now.Sub(h.last) < healthInterval || !h.inFlight.CompareAndSwap(false, true) {
+// check reads the waiting counter of m's connection and logs a change.
+func (h *health) check(m *fs.Mirror, log *slog.Logger) {
+	n, err := m.Waiting()
+	if err != nil {
+		log.Debug("health: fusectl", "err", err)
 		return
 	}
-	h.last = now
-	go func() {
-		defer h.inFlight.Store(false)
-		err := probeWithin(h.mnt, healthTimeout)
-		switch {
-		case err != nil && !h.failing.Swap(true):
-			h.log.Warn("health: the mount does not answer", "mountpoint", h.mnt, "err", err)
-		case err == nil && h.failing.Swap(false):
-			h.log.Info("health: the mount answers again", "mountpoint", h.mnt)
-		}
-	}()
+	h.observe(n, log, m.Entry().Mountpoint)
+}
+
+// observe is the state machine: n requests wait now.
+func (h *health) observe(n int, log *slog.Logger, mnt string) {
+	if n == 0 {
+		h.busy = 0
+	} else {
+		h.busy++
+	}
+	switch stuck := h.busy >= healthStuck; {
+	case stuck && !h.failing:
+		h.failing = true
+		log.Warn("health: requests wait on the mount and none ends", "mountpoint", mnt, "waiting", n)
+	case !stuck && h.failing && n == 0:
+		h.failing = false
+		log.Info("health: the mount answers again", "mountpoint", mnt)
+	}
 }

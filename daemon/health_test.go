@@ -3,12 +3,9 @@ package daemon
 import (
 	"bytes"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 )
 
 type syncBuffer struct {
@@ -28,34 +25,26 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// TestHealthLogsChangesOfState drives the health check's state machine with
-// a path that stops and starts answering.
+// TestHealthLogsChangesOfState drives the health check's state machine
+// with counts of waiting requests, as fusectl shows them.
 func TestHealthLogsChangesOfState(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "mnt")
 	var out syncBuffer
-	h := &health{mnt: dir, log: slog.New(slog.NewTextHandler(&out, nil))}
-	now := time.Now()
-	step := func(want string) {
-		t.Helper()
-		now = now.Add(healthInterval)
-		h.check(now)
-		deadline := time.Now().Add(5 * time.Second)
-		for !strings.Contains(out.String(), want) || h.inFlight.Load() {
-			if time.Now().After(deadline) {
-				t.Fatalf("log lacks %q:\n%s", want, out.String())
-			}
-			time.Sleep(time.Millisecond)
-		}
+	log := slog.New(slog.NewTextHandler(&out, nil))
+	var h health
+	for _, n := range []int{3, 0, 2, 2} { // busy, but requests end
+		h.observe(n, log, "/mnt")
 	}
-	step("health: the mount does not answer")
-	step("health: the mount does not answer") // logged once, not again
-	if n := strings.Count(out.String(), "does not answer"); n != 1 {
-		t.Errorf("a lasting failure was logged %d times", n)
+	if strings.Contains(out.String(), "none ends") {
+		t.Fatalf("a busy mount was reported as stuck:\n%s", out.String())
 	}
-	os.Mkdir(dir, 0o755)
-	step("health: the mount answers again")
-	h.check(now.Add(time.Second)) // not due yet: no probe
-	if h.inFlight.Load() {
-		t.Error("a probe ran before the interval passed")
+	for range healthStuck + 2 {
+		h.observe(1, log, "/mnt")
+	}
+	if n := strings.Count(out.String(), "none ends"); n != 1 {
+		t.Errorf("a lasting failure was logged %d times, want once:\n%s", n, out.String())
+	}
+	h.observe(0, log, "/mnt")
+	if !strings.Contains(out.String(), "answers again") {
+		t.Errorf("the recovery was not logged:\n%s", out.String())
 	}
 }

@@ -1,157 +1,137 @@
 package daemon
 
 import (
-	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
-	"os/exec"
-	"strconv"
+	"runtime"
 	"strings"
-	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
+
+	"mirrorfs/fs"
+	"mirrorfs/policy"
 )
 
-// errNoAnswer means a stat of a mountpoint did not return in time.
-var errNoAnswer = errors.New("does not answer")
+// go-fuse sizes its pool of readers of /dev/fuse from GOMAXPROCS when a
+// server is made, bounded by minMaxReaders and maxMaxReaders
+// (go-fuse/v2@v2.12.1/fuse/server.go, NewServer).
+const (
+	fuseMinReaders = 2
+	fuseMaxReaders = 16
+)
 
-// probeWithin asks the file system at path whether it answers, giving up
-// after timeout: a FUSE mount whose daemon is stopped would block forever.
-// It uses statfs, which the kernel always sends to the daemon; a stat may be
-// answered from the attribute cache of a mount whose daemon is dead.
-func probeWithin(path string, timeout time.Duration) error {
-	done := make(chan error, 1)
-	go func() {
-		var st unix.Statfs_t
-		done <- unix.Statfs(path, &st)
-	}()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(timeout):
-		return errNoAnswer
-	}
+// procs is how the daemon sizes the Go scheduler for go-fuse's server,
+// computed once from the GOMAXPROCS the process started with: go-fuse
+// keeps up to readers goroutines blocked in read(2) on /dev/fuse, and each
+// holds a P while it waits. When no P is left idle, sysmon takes them back
+// from the blocked readers and hands them to other threads, which wake only
+// to sleep again: about one futex wake-up and 1.6 context switches per
+// request (perf on the tmpfs metadata cycle). So go-fuse sizes its readers
+// while GOMAXPROCS is the CPU count, and the daemon then serves with room
+// for every blocked reader, as many running handlers, and one more. A
+// GOMAXPROCS set in the environment is left as it is (fixed is false).
+type procs struct {
+	readers, serving int
+	fixed            bool
 }
 
-// probeFdWithin is probeWithin for the file open at fd. The probe works
-// on a duplicate of fd, which it closes itself whenever it returns.
-func probeFdWithin(fd int, timeout time.Duration) error {
-	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
-	if err != nil {
-		return err
+func fuseProcs(getenv func(string) string) procs {
+	if getenv("GOMAXPROCS") != "" {
+		n := runtime.GOMAXPROCS(0)
+		return procs{readers: n, serving: n, fixed: true}
 	}
-	done := make(chan error, 1)
-	go func() {
-		var st unix.Statfs_t
-		done <- unix.Fstatfs(dup, &st)
-		unix.Close(dup)
-	}()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(timeout):
-		return errNoAnswer
-	}
+	readers := min(max(fuseMinReaders, runtime.GOMAXPROCS(0)), fuseMaxReaders)
+	return procs{readers: readers, serving: 2*readers + 2}
 }
 
-// openMountRoot opens the root of the mount with id id (as
-// /proc/self/mountinfo numbers it) at the absolute path mnt, as an O_PATH
-// descriptor, following no symlink on the way: the path comes from the
-// mount table, which shows none. It fails if the path leads elsewhere now.
-// It never asks the file system (AT_STATX_DONT_SYNC): the mount may be
-// a FUSE mount whose daemon is stopped.
-func openMountRoot(mnt string, id int) (int, error) {
-	fd, err := unix.Openat2(unix.AT_FDCWD, mnt, &unix.OpenHow{
-		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_NO_SYMLINKS,
+// around sets GOMAXPROCS for go-fuse to size its readers by, runs mount,
+// and sets it for serving: the same values at every (re)mount.
+func (p procs) around(mount func() error) error {
+	if p.fixed {
+		return mount()
+	}
+	runtime.GOMAXPROCS(p.readers)
+	defer runtime.GOMAXPROCS(p.serving)
+	return mount()
+}
+
+// mount mounts the mirror described by cfg.
+func (d *daemon) mount(cfg *Config, pol *policy.Policy, log *slog.Logger) (*fs.Mirror, error) {
+	var m *fs.Mirror
+	said, err := captureHelper(func() (err error) {
+		return d.procs.around(func() (err error) {
+			m, err = fs.Mount(cfg.Mountpoint, fs.Options{
+				Source: cfg.Source, FsName: cfg.FsName, ReadOnly: cfg.ReadOnly, AllowOther: cfg.AllowOther,
+				NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, KernelFlags: cfg.KernelFlags,
+				Policy: pol, Log: log,
+			})
+			return err
+		})
 	})
 	if err != nil {
-		return -1, fmt.Errorf("mountpoint %s: %w", mnt, err)
+		if said != "" {
+			return nil, fmt.Errorf("mount %s: %v: %s", cfg.Mountpoint, err, said)
+		}
+		return nil, fmt.Errorf("mount %s: %w", cfg.Mountpoint, err)
 	}
-	var x unix.Statx_t
-	err = unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_DONT_SYNC, unix.STATX_MNT_ID, &x)
-	if err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("mountpoint %s: %w", mnt, err)
+	// Nothing may leak into a child (fusermount3 included): whatever a
+	// library opened without O_CLOEXEC gets it now.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		log.Warn("close_range CLOEXEC", "err", err)
 	}
-	if int(x.Mnt_id) != id || x.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 {
-		unix.Close(fd)
-		return -1, fmt.Errorf("mountpoint %s: the mount there changed (id %d, not %d)", mnt, x.Mnt_id, id)
-	}
-	return fd, nil
+	log.Info("mounted", "mountpoint", cfg.Mountpoint, "mount_id", m.Entry().ID, "gomaxprocs", runtime.GOMAXPROCS(0))
+	return m, nil
 }
 
-// detachFd lazily unmounts the mount whose root is open at fd: the path
-// /proc/self/fd/N leads to that very mount. A lazy unmount does not mind
-// that the descriptor keeps the mount busy.
-func detachFd(fd int, mnt string) error {
-	if err := unix.Unmount("/proc/self/fd/"+strconv.Itoa(fd), unix.MNT_DETACH); err != nil {
-		return fmt.Errorf("lazy unmount %s: %w", mnt, err)
-	}
-	return nil
-}
-
-// isDead says whether err is what a FUSE mount without a daemon answers.
-func isDead(err error) bool {
-	return errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED)
-}
-
-// isBusy recognises "busy" from a direct unmount (an errno) and from
-// fusermount3 (a message).
-func isBusy(err error) bool {
-	return errors.Is(err, syscall.EBUSY) || strings.Contains(err.Error(), "busy")
-}
-
-// detach lazily unmounts mnt: it leaves the namespace at once and goes away
-// when the last open file is closed. go-fuse has no lazy unmount. It goes
-// by the path, which is right only for a user's daemon (fusermount3 checks
-// the mount is the user's own); as root, mounts are detached through
-// descriptors (fs.Mirror.Detach, detachFd).
-func detach(mnt string) error {
+// captureHelper runs fn and returns what fusermount3 wrote meanwhile: it
+// explains its failures on stderr, and that explanation belongs in the
+// user's error message. go-fuse starts fusermount3 itself with the
+// process's own descriptor 2 (fuse/mount_linux.go, callFusermount), so
+// that is the only seam: descriptor 2 points at a pipe, drained as it
+// fills, while fn runs. The daemon's own log writes to a duplicate of the
+// original stderr (openLog) and loses nothing. Root mounts through the
+// mount API and runs no helper: nothing is swapped then.
+func captureHelper(fn func() error) (string, error) {
 	if os.Geteuid() == 0 {
-		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
-			return fmt.Errorf("lazy unmount %s: %w", mnt, err)
-		}
-		return nil
+		return "", fn()
 	}
-	out, err := exec.Command(fusermount(), "-uz", mnt).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("fusermount3 -uz %s: %v: %s", mnt, err, oneLine(string(out)))
-	}
-	return nil
-}
-
-// fusermount returns the fusermount3 (or older fusermount) on PATH.
-func fusermount() string {
-	for _, name := range []string{"fusermount3", "fusermount"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	return ""
-}
-
-// captureStderr runs fn with file descriptor 2 pointed at a pipe and returns
-// what was written there: fusermount3 explains its failures on stderr, and
-// that explanation belongs in the user's error message.
-func captureStderr(fn func() error) (string, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return "", fn()
 	}
-	defer r.Close()
 	saved, err := unix.FcntlInt(2, unix.F_DUPFD_CLOEXEC, 3)
 	if err != nil {
+		r.Close()
 		w.Close()
 		return "", fn()
 	}
-	unix.Dup3(int(w.Fd()), 2, 0)
+	said := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(r, 64<<10))
+		io.Copy(io.Discard, r) // drained to the end: a writer never blocks
+		r.Close()
+		said <- strings.TrimSpace(string(b))
+	}()
+	swapErr := unix.Dup3(int(w.Fd()), 2, 0)
 	w.Close()
 	ferr := fn()
-	unix.Dup3(saved, 2, 0)
+	restoreErr := unix.Dup3(saved, 2, 0)
 	unix.Close(saved)
-	out, _ := io.ReadAll(r)
-	return strings.TrimSpace(string(out)), ferr
+	out := <-said // EOF once fd 2 is restored and the helper is gone
+	if swapErr != nil || restoreErr != nil {
+		return out, fmt.Errorf("%w (stderr swap: %v, restore: %v)", ferr, swapErr, restoreErr)
+	}
+	return out, ferr
+}
+
+// dupFile is a duplicate of f (close-on-exec) that does not follow f's
+// descriptor number being pointed elsewhere.
+func dupFile(f *os.File) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
 }

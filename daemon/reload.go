@@ -16,17 +16,11 @@ import (
 )
 
 // loadPolicy reads the policy file, or gives the default policy without one.
-func (d *daemon) loadPolicy() error {
-	if d.cfg.ConfigFile == "" {
-		d.policy = policy.Default
-		return nil
+func loadPolicy(name string) (*policy.Policy, error) {
+	if name == "" {
+		return policy.Default, nil
 	}
-	p, err := policy.Load(d.cfg.ConfigFile)
-	if err != nil {
-		return err
-	}
-	d.policy = p
-	return nil
+	return policy.Load(name)
 }
 
 // setLogLevel follows the policy's log_level; -o debug overrides it.

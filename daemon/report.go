@@ -15,6 +15,7 @@ const (
 	ExitFailure        = 1
 	ExitUsage          = 2
 	ExitAlreadyRunning = 3
+	ExitMountLost      = 4 // the mount died under the daemon (ErrMountLost)
 )
 
 // exitCode maps an error to the process's exit code.
@@ -26,6 +27,8 @@ func exitCode(err error) int {
 		return ExitUsage
 	case errors.Is(err, ErrAlreadyRunning):
 		return ExitAlreadyRunning
+	case errors.Is(err, ErrMountLost):
+		return ExitMountLost
 	}
 	return ExitFailure
 }
@@ -37,8 +40,8 @@ type reporter struct {
 	stdout, stderr io.Writer
 }
 
-func newReporter(s stage) *reporter {
-	r := &reporter{stdout: os.Stdout, stderr: os.Stderr}
+func newReporter(s stage, env Env) *reporter {
+	r := &reporter{stdout: env.Stdout, stderr: env.Stderr}
 	if s.ran {
 		r.pipe = os.NewFile(uintptr(s.statusFd), "status-pipe")
 	}

@@ -3,90 +3,95 @@ package daemon
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strings"
 	"time"
 
-	sd "github.com/coreos/go-systemd/v22/daemon"
-	"golang.org/x/sys/unix"
-
 	"mirrorfs/fs"
+	"mirrorfs/mounts"
 )
 
-// serve runs until a stop signal or an unmount. One goroutine, this one,
-// owns all signals. With -o auto_remount, a session that ends abnormally
-// (the connection aborted while the mount stays in the mount table) is
-// followed by a fresh mount; an unmount always means stop.
-func (d *daemon) serve() {
-	d.mu.Lock()
-	hup := d.hupPending
-	d.mu.Unlock()
-	if hup {
-		d.reload() // a SIGHUP that came during the start: logrotate may wait on it
-	}
+// ErrMountLost means the mount died under the daemon: its connection was
+// aborted (without -o auto_remount), or auto_remount gave up. It exits
+// with ExitMountLost, so that a supervisor restarts it.
+var ErrMountLost = errors.New("the mount died under the daemon")
+
+// serve runs until a stop signal or the end of the mount, on the main
+// goroutine, which alone reads the signals. With -o auto_remount, a session
+// that ends by an aborted connection (the mount stays in the mount table,
+// dead) is followed by a fresh mount; an unmount always means stop. It
+// returns nil for a clean stop (a signal, an unmount from outside).
+func (d *daemon) serve() error {
 	for {
-		aborted := d.serveSession()
-		if !aborted || !d.cfg.AutoRemount || !d.remount() {
-			return
+		d.reloadPending()
+		aborted, err := d.serveSession()
+		if !aborted {
+			return err
+		}
+		if !d.cfg.AutoRemount {
+			return fmt.Errorf("%w: the FUSE connection was aborted", ErrMountLost)
+		}
+		if stopped, err := d.remount(); stopped || err != nil {
+			return err
 		}
 	}
 }
 
-// serveSession serves one FUSE session; it reports whether the session
-// ended by an aborted connection rather than a stop or an unmount, and has
-// closed the daemon otherwise.
-func (d *daemon) serveSession() (aborted bool) {
-	served := make(chan struct{})
-	go func(m *fs.Mirror) {
-		m.Wait()
-		close(served)
-	}(d.mirror)
+// serveSession serves one FUSE session: it returns when a stop signal
+// came (the mount is unmounted then), when the mount was unmounted from
+// outside, or when the connection was aborted (aborted: the dead mount is
+// detached then).
+func (d *daemon) serveSession() (aborted bool, err error) {
 	stopWatch := make(chan struct{})
 	defer close(stopWatch)
-	gone := d.watchMount(stopWatch, d.mounted)
+	gone := mounts.Gone(d.mirror.Entry(), stopWatch)
+	tick := time.NewTicker(healthInterval)
+	defer tick.Stop()
+	d.health = health{}
 	for {
 		select {
 		case sig := <-d.stops: // first, however many SIGHUPs wait
-			d.stop(sig, served)
-			return false
+			d.stop(sig.String())
+			return false, nil
 		default:
 		}
 		select {
 		case <-d.hups:
 			d.reload()
 		case sig := <-d.stops:
-			d.stop(sig, served)
-			return false
-		case <-served:
-			if d.connectionAborted() && d.cfg.AutoRemount {
-				return true
-			}
-			d.close("session ended", nil)
-			return false
+			d.stop(sig.String())
+			return false, nil
+		case <-d.mirror.Done():
+			return d.sessionEnded(), nil
 		case <-gone:
 			d.log.Info("unmounted externally", "mountpoint", d.cfg.Mountpoint)
-			d.waitServed(served, d.cfg.UnmountTimeout)
-			d.close("unmounted externally", nil)
-			return false
+			d.waitDone(d.cfg.UnmountTimeout)
+			return false, nil
+		case <-tick.C:
+			d.health.check(d.mirror, d.log)
 		}
 	}
 }
 
-// stop ends the daemon on a stop signal.
-func (d *daemon) stop(sig os.Signal, served <-chan struct{}) {
-	d.log.Info("signal", "signal", sig.String())
-	sd.SdNotify(false, sd.SdNotifyStopping)
-	d.unmountWithin(d.cfg.UnmountTimeout, served)
-	d.close("stopped", nil)
+// stop ends the mount on a stop signal.
+func (d *daemon) stop(sig string) {
+	d.log.Info("signal", "signal", sig)
+	d.mirror.Stop(d.cfg.UnmountTimeout)
 }
 
-// connectionAborted handles the end of the FUSE session. The rule that
-// tells an abort from an unmount: an unmount takes our mount out of the
-// mount table; an aborted connection leaves it there, dead. That dead mount
-// is detached here.
-func (d *daemon) connectionAborted() bool {
-	mounts, err := readMounts()
-	if err != nil || !hasMount(mounts, d.mounted) {
+// waitDone waits, bounded, for the session of a mount unmounted from
+// outside to end: after a lazy unmount it lasts while files are open.
+func (d *daemon) waitDone(limit time.Duration) {
+	select {
+	case <-d.mirror.Done():
+	case <-time.After(limit):
+		d.log.Warn("files still open through the detached mount; exiting anyway", "waited", limit.String())
+	}
+}
+
+// sessionEnded tells an aborted connection from an unmount once the
+// session ended: an unmount takes our mount out of the mount table; an
+// aborted connection leaves it there, dead. That dead mount is detached.
+func (d *daemon) sessionEnded() (aborted bool) {
+	if !d.mirror.InTable() {
 		d.log.Info("unmounted externally", "mountpoint", d.cfg.Mountpoint)
 		return false
 	}
@@ -104,170 +109,89 @@ const (
 )
 
 // remount mounts the mirror afresh after an aborted connection, with
-// backoff; it gives up after remountAttempts or on a stop signal, and then
-// closes the daemon.
-func (d *daemon) remount() bool {
+// backoff. The mount runs on a goroutine while this one reads signals: a
+// stop ends the remount (stopped), after the mount under way, if any, is
+// unmounted. It fails with ErrMountLost after remountAttempts.
+func (d *daemon) remount() (stopped bool, err error) {
 	backoff := remountBackoff
 	for attempt := 1; attempt <= remountAttempts; attempt++ {
 		d.log.Warn("remounting", "attempt", attempt, "of", remountAttempts)
-		err := d.clearMountpoint()
-		if err == nil {
-			err = d.mount()
+		m, stopped, err := d.mountWhileListening()
+		if stopped {
+			return true, nil
 		}
 		if err == nil {
+			d.mirror = m
 			d.log.Info("remounted", "mountpoint", d.cfg.Mountpoint, "passthrough", d.mirror.Passthrough())
 			d.writeState()
-			return true
+			return false, nil
 		}
 		d.log.Error("remount failed", "attempt", attempt, "err", err)
 		if !d.sleepUnlessStopped(backoff) {
-			break
+			return true, nil
 		}
 		backoff *= 2
 	}
-	d.close("gave up remounting", nil)
-	return false
+	return false, fmt.Errorf("%w: gave up remounting after %d attempts", ErrMountLost, remountAttempts)
 }
 
-// sleepUnlessStopped waits for d, or less if a stop signal comes.
+// mountWhileListening clears the mountpoint and mounts on a goroutine,
+// while this one keeps the signals: SIGHUP is kept for later, a stop
+// waits for the mount and unmounts it.
+func (d *daemon) mountWhileListening() (*fs.Mirror, bool, error) {
+	type result struct {
+		m   *fs.Mirror
+		err error
+	}
+	done := make(chan result, 1)
+	cfg, pol := *d.cfg, d.policy
+	go func() {
+		err := clearMountpoint(&cfg, d.log)
+		var m *fs.Mirror
+		if err == nil {
+			m, err = d.mount(&cfg, pol, d.log)
+		}
+		done <- result{m, err}
+	}()
+	var stop bool
+	for {
+		select {
+		case <-d.hups:
+			d.hup = true
+		case sig := <-d.stops:
+			d.log.Info("signal", "signal", sig.String())
+			stop = true
+		case r := <-done:
+			if stop && r.err == nil {
+				r.m.Stop(d.cfg.UnmountTimeout)
+			}
+			return r.m, stop, r.err
+		}
+	}
+}
+
+// sleepUnlessStopped waits for wait, or less if a stop signal comes.
 func (d *daemon) sleepUnlessStopped(wait time.Duration) bool {
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return true
-	case sig := <-d.stops: // a SIGHUP stays pending for the next session
-		d.log.Info("signal", "signal", sig.String())
-		return false
-	}
-}
-
-// unmountWithin unmounts, retrying while the mount is busy until timeout,
-// then detaches lazily so that the mountpoint is free whatever happens. It
-// returns within timeout plus a short grace, even when the session
-// outlives the unmount (a copy of the mount in another mount namespace).
-func (d *daemon) unmountWithin(timeout time.Duration, served <-chan struct{}) {
-	deadline := time.Now().Add(timeout)
 	for {
-		err, done := d.unmountBy(deadline)
-		if !done {
-			d.log.Warn("the FUSE session outlives the unmount (is the mount also in another mount namespace?); aborting it")
-			d.abortConnection()
-			return
-		}
-		if err == nil {
-			d.log.Info("unmounted", "mountpoint", d.cfg.Mountpoint)
-			return
-		}
-		if errors.Is(err, fs.ErrNotMounted) {
-			d.log.Info("already unmounted", "mountpoint", d.cfg.Mountpoint)
-			d.waitServed(served, detachGrace)
-			return
-		}
-		if !isBusy(err) || time.Now().After(deadline) {
-			d.log.Warn("unmount failed; detaching lazily", "err", err)
-			break
-		}
-		time.Sleep(100 * time.Millisecond) // Unmount itself already waited ~150 ms
-	}
-	if err := d.mirror.Detach(); err != nil {
-		d.log.Error("detach", "err", err)
-		return
-	}
-	d.log.Info("detached lazily", "mountpoint", d.cfg.Mountpoint)
-	// Let requests in flight finish; files still open see ENOTCONN after.
-	d.waitServed(served, detachGrace)
-}
-
-// detachGrace is how long a stop waits after a lazy detach.
-const detachGrace = time.Second
-
-// unmountBy runs the mirror's Unmount, which waits without bound for the
-// session to end after a successful umount; done is false if it did not
-// return by deadline (plus a grace).
-func (d *daemon) unmountBy(deadline time.Time) (err error, done bool) {
-	result := make(chan error, 1)
-	go func() { result <- d.mirror.Unmount() }()
-	select {
-	case err := <-result:
-		return err, true
-	case <-time.After(time.Until(deadline) + detachGrace):
-		return nil, false
-	}
-}
-
-// abortConnection ends our FUSE connection through fusectl, so that a
-// session kept alive elsewhere cannot keep the daemon.
-func (d *daemon) abortConnection() {
-	_, minor, ok := strings.Cut(d.mounted.Dev, ":")
-	if !ok {
-		return
-	}
-	const ctl = "/sys/fs/fuse/connections"
-	if _, err := os.Stat(ctl + "/" + minor); err != nil {
-		unix.Mount("fusectl", ctl, "fusectl", 0, "")
-	}
-	if err := os.WriteFile(ctl+"/"+minor+"/abort", []byte("1"), 0); err != nil {
-		d.log.Error("abort the FUSE connection", "err", err)
-	}
-}
-
-// unmount is the quick unmount of a start that went wrong. The mirror
-// unmounts what it mounted, not whatever the mountpoint's path leads to.
-func (d *daemon) unmount() {
-	if err := d.mirror.Unmount(); err != nil {
-		if err := d.mirror.Detach(); err != nil {
-			d.log.Error("detach", "err", err)
+		select {
+		case <-timer.C:
+			return true
+		case <-d.hups:
+			d.hup = true
+		case sig := <-d.stops:
+			d.log.Info("signal", "signal", sig.String())
+			return false
 		}
 	}
 }
 
-// waitServed waits, bounded, for the FUSE session to end: after a lazy
-// unmount it lasts as long as files are open through it.
-func (d *daemon) waitServed(served <-chan struct{}, timeout time.Duration) {
-	select {
-	case <-served:
-	case <-time.After(timeout):
-		d.log.Warn("files still open through the detached mount; exiting anyway", "waited", timeout.String())
+// reloadPending serves a SIGHUP that came while nothing was served (during
+// the start, or a remount): logrotate may wait on it.
+func (d *daemon) reloadPending() {
+	if d.hup {
+		d.hup = false
+		d.reload()
 	}
-}
-
-// watchMount closes the returned channel when our mount leaves the mount
-// table. The kernel flags /proc/self/mountinfo (POLLPRI) on every change;
-// the loop also wakes each second to run the health check.
-func (d *daemon) watchMount(stop <-chan struct{}, m Mount) <-chan struct{} {
-	gone := make(chan struct{})
-	go func() {
-		defer close(gone)
-		f, err := os.Open("/proc/self/mountinfo")
-		if err != nil {
-			d.log.Error("mount watch", "err", err)
-			<-stop
-			return
-		}
-		defer f.Close()
-		h := &health{mnt: m.Mountpoint, log: d.log, last: time.Now()}
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if mounts, err := readMountsFrom(f); err == nil && !hasMount(mounts, m) {
-				return
-			}
-			h.check(time.Now())
-			fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLPRI}}
-			unix.Poll(fds, 1000)
-		}
-	}()
-	return gone
-}
-
-// readMountsFrom rereads an open mountinfo file from the start.
-func readMountsFrom(f *os.File) ([]Mount, error) {
-	if _, err := f.Seek(0, 0); err != nil {
-		return nil, fmt.Errorf("mountinfo: %w", err)
-	}
-	return ParseMountinfo(f)
 }

@@ -1,63 +1,66 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
-	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// probeTimeout bounds the probe of a mountpoint found in the mount table.
-const probeTimeout = 2 * time.Second
+	"mirrorfs/fs"
+	"mirrorfs/mounts"
+)
 
 // clearMountpoint makes sure nothing is mounted at the mountpoint. A dead
 // mirrorfs mount (its daemon killed: "Transport endpoint is not connected")
 // is ours to recover, since we hold the pidfile lock: it is detached lazily.
 // Anything else mounted there is refused.
-func (d *daemon) clearMountpoint() error {
-	mnt := d.cfg.Mountpoint
+func clearMountpoint(cfg *Config, log *slog.Logger) error {
+	mnt := cfg.Mountpoint
 	for tries := 0; ; tries++ {
-		mounts, err := readMounts()
+		table, err := mounts.Read()
 		if err != nil {
 			return fmt.Errorf("mountinfo: %w", err)
 		}
-		top, mounted := topMountAt(mounts, mnt)
+		top, mounted := mounts.TopAt(table, mnt)
 		if !mounted {
 			return checkMountpointDir(mnt)
 		}
-		if top.FSType != FSType {
+		if top.FSType != fs.FSType {
 			return fmt.Errorf("mountpoint %s is already a mountpoint (%s from %s)", mnt, top.FSType, top.Source)
 		}
 		if tries == 8 {
 			return fmt.Errorf("mountpoint %s: stale mirrorfs mounts keep coming back", mnt)
 		}
-		if err := d.recoverStale(top); err != nil {
+		if err := recoverStale(top, cfg.Pidfile, log); err != nil {
 			return err
 		}
 	}
 }
 
-// recoverStale detaches a mirrorfs mount whose daemon is gone.
-func (d *daemon) recoverStale(m Mount) error {
+// recoverStale detaches a mirrorfs mount whose daemon is gone. Whether it
+// answers is asked by a child process (probe.go): a thread of ours never
+// waits on a FUSE mount.
+func recoverStale(m mounts.Mount, pidfile string, log *slog.Logger) error {
 	s, err := openStale(m)
 	if err != nil {
 		return err
 	}
 	defer s.close()
-	err = s.probe()
+	err = probeInChild(s.path, s.fd, probeTimeout)
 	switch {
 	case err == nil:
-		return fmt.Errorf("mountpoint %s is already served by another mirrorfs (not the one with pidfile %s)", m.Mountpoint, d.cfg.Pidfile)
-	case err == errNoAnswer:
+		return fmt.Errorf("mountpoint %s is already served by another mirrorfs (not the one with pidfile %s)", m.Mountpoint, pidfile)
+	case errors.Is(err, errNoAnswer):
 		return fmt.Errorf("mountpoint %s is a mirrorfs mount that does not answer (its daemon stopped?)", m.Mountpoint)
-	case !isDead(err):
+	case !mounts.IsDead(err):
 		return fmt.Errorf("mountpoint %s: %w", m.Mountpoint, err)
 	}
 	if err := s.detach(); err != nil {
 		return fmt.Errorf("recovering the dead mount at %s: %w", m.Mountpoint, err)
 	}
-	d.log.Warn("recovered a dead mount left by a previous daemon", "mountpoint", m.Mountpoint, "source", m.Source, "mount_id", m.ID)
+	log.Warn("recovered a dead mount left by a previous daemon", "mountpoint", m.Mountpoint, "source", m.Source, "mount_id", m.ID)
 	return nil
 }
 
@@ -72,29 +75,22 @@ type staleMount struct {
 	fd   int // -1 for a user's daemon
 }
 
-func openStale(m Mount) (*staleMount, error) {
+func openStale(m mounts.Mount) (*staleMount, error) {
 	if os.Geteuid() != 0 {
 		return &staleMount{path: m.Mountpoint, fd: -1}, nil
 	}
-	fd, err := openMountRoot(m.Mountpoint, m.ID)
+	fd, err := mounts.OpenRoot(m.Mountpoint, m.ID)
 	if err != nil {
 		return nil, err
 	}
 	return &staleMount{path: m.Mountpoint, fd: fd}, nil
 }
 
-func (s *staleMount) probe() error {
-	if s.fd < 0 {
-		return probeWithin(s.path, probeTimeout)
-	}
-	return probeFdWithin(s.fd, probeTimeout)
-}
-
 func (s *staleMount) detach() error {
 	if s.fd < 0 {
-		return detach(s.path)
+		return mounts.DetachPath(s.path)
 	}
-	return detachFd(s.fd, s.path)
+	return mounts.DetachFd(s.fd, s.path)
 }
 
 func (s *staleMount) close() {

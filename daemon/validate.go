@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"mirrorfs/mounts"
 )
 
 // checkSource makes c.Source its real path and checks it is a readable folder.
@@ -89,7 +91,7 @@ func checkFuse() error {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return fmt.Errorf("no /dev/fuse (%v): load the fuse module or give the container the device", err)
 	}
-	if os.Geteuid() != 0 && fusermount() == "" {
+	if os.Geteuid() != 0 && mounts.Fusermount() == "" {
 		return errors.New("fusermount3 not found on PATH: install fuse3 (only root mounts without it)")
 	}
 	return nil

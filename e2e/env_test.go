@@ -15,7 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"mirrorfs/daemon"
+	"mirrorfs/fs"
+	"mirrorfs/mounts"
 )
 
 const waitLimit = 20 * time.Second
@@ -194,29 +195,17 @@ func mirrorfs(t *testing.T, dir string, args ...string) result {
 }
 
 // mountAt returns the mount visible at path in the mount table.
-func mountAt(path string) (daemon.Mount, bool) {
-	f, err := os.Open("/proc/self/mountinfo")
+func mountAt(path string) (mounts.Mount, bool) {
+	table, err := mounts.Read()
 	if err != nil {
-		return daemon.Mount{}, false
+		return mounts.Mount{}, false
 	}
-	defer f.Close()
-	mounts, err := daemon.ParseMountinfo(f)
-	if err != nil {
-		return daemon.Mount{}, false
-	}
-	var top daemon.Mount
-	found := false
-	for _, m := range mounts {
-		if m.Mountpoint == path {
-			top, found = m, true
-		}
-	}
-	return top, found
+	return mounts.TopAt(table, path)
 }
 
 func mounted(path string) bool {
 	m, ok := mountAt(path)
-	return ok && m.FSType == daemon.FSType
+	return ok && m.FSType == fs.FSType
 }
 
 // eventually polls cond until it holds or the wait limit passes.

@@ -12,7 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"mirrorfs/daemon"
+	"mirrorfs/fs"
+	"mirrorfs/mounts"
 )
 
 func init() {
@@ -56,8 +57,8 @@ func mountsOf(t *testing.T, source string) map[string]string {
 	found := map[string]string{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		m, err := daemon.ParseMountinfo(strings.NewReader(sc.Text()))
-		if err != nil || len(m) != 1 || m[0].FSType != daemon.FSType || m[0].Source != source {
+		m, err := mounts.Parse(strings.NewReader(sc.Text()))
+		if err != nil || len(m) != 1 || m[0].FSType != fs.FSType || m[0].Source != source {
 			continue
 		}
 		found[m[0].Mountpoint] = strings.Fields(sc.Text())[5]

@@ -13,6 +13,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"mirrorfs/mounts"
 	"mirrorfs/policy"
 )
 
@@ -36,21 +37,30 @@ const (
 	attrTimeout  = time.Second
 )
 
-// Mirror is a mounted mirror.
+// FSType is the type mirrorfs mounts carry in the mount table.
+const FSType = "fuse.mirrorfs"
+
+// Mirror is a mounted mirror. It owns its go-fuse server, which it keeps
+// to itself (go-fuse's Serve must never be called after Mount: go-fuse
+// #512), and every way of ending the mount (unmount.go).
 type Mirror struct {
-	*fuse.Server
+	srv        *fuse.Server
 	backing    *backing
 	root       *node
-	closeRoot  sync.Once
+	log        *slog.Logger
 	mountpoint string
-	at         *attachment // where the mount API attached it; nil when fusermount3 mounted it
-	tableID    int         // its id in /proc/self/mountinfo; 0 when unknown
-	devMu      sync.Mutex  // guards dev: a reload may write to it while Wait closes it
-	dev        int         // a copy of the session's /dev/fuse descriptor, for incEpoch; -1: none
+	at         *attachment   // where the mount API attached it; nil when fusermount3 mounted it
+	entry      mounts.Mount  // its line in the mount table
+	done       chan struct{} // closed once the session ended and SOURCE is let go
+	devMu      sync.Mutex    // guards dev: a reload may write to it while the session ends
+	dev        int           // a copy of the session's /dev/fuse descriptor, for incEpoch; -1: none
 }
 
 // Passthrough is the passthrough state: "on", "off (why)" or "unknown (why)".
 func (m *Mirror) Passthrough() string { return m.backing.State() }
+
+// Entry is the mirror's line in the mount table, as it was once mounted.
+func (m *Mirror) Entry() mounts.Mount { return m.entry }
 
 // Mount mirrors o.Source at mountpoint and returns once the kernel answers
 // there. The caller waits with Wait, never with Serve (go-fuse #512).
@@ -84,9 +94,32 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 		}
 		return nil, err
 	}
+	m.backing, m.root, m.log = b, root, o.Log
+	m.done = make(chan struct{})
+	go m.serveEnded()
+	if m.entry, err = m.findEntry(); err != nil {
+		m.Stop(time.Second)
+		return nil, err
+	}
 	b.probe(o.Source)
-	m.backing, m.root = b, root
 	return m, nil
+}
+
+// findEntry finds the mirror's line in the mount table, and checks that
+// no other mount sits on top of it.
+func (m *Mirror) findEntry() (mounts.Mount, error) {
+	table, err := mounts.Read()
+	if err != nil {
+		return mounts.Mount{}, fmt.Errorf("mountinfo: %w", err)
+	}
+	top, ok := mounts.TopAt(table, m.mountpoint)
+	switch {
+	case !ok || top.FSType != FSType:
+		return mounts.Mount{}, fmt.Errorf("mount %s: not in the mount table after mounting", m.mountpoint)
+	case m.at != nil && top.ID != m.at.tableID:
+		return mounts.Mount{}, fmt.Errorf("mount %s: another mount (id %d) is on top of ours (id %d)", m.mountpoint, top.ID, m.at.tableID)
+	}
+	return top, nil
 }
 
 // mountFusermount mounts as a user does: fusermount3, setuid root, mounts
@@ -103,7 +136,7 @@ func mountFusermount(raw fuse.RawFileSystem, mountpoint string, mo *fuse.MountOp
 		// go-fuse's Unmount returns nil only once its serve loops ended.
 		return nil, srv.Unmount() == nil, err
 	}
-	return &Mirror{Server: srv, mountpoint: mountpoint, dev: -1}, true, nil
+	return &Mirror{srv: srv, mountpoint: mountpoint, dev: -1}, true, nil
 }
 
 // mountKernel mounts as root, through the mount API on descriptors
@@ -158,7 +191,7 @@ func mountKernel(raw fuse.RawFileSystem, mountpoint string, mo *fuse.MountOption
 		}
 		return nil, ended, err
 	}
-	return &Mirror{Server: srv, at: at, tableID: at.tableID, mountpoint: mountpoint, dev: own}, true, nil
+	return &Mirror{srv: srv, at: at, mountpoint: mountpoint, dev: own}, true, nil
 }
 
 // newRoot opens source, and holds it open: every operation of the mirror
@@ -177,24 +210,31 @@ func newRoot(source string, pol *policy.Policy) (*node, error) {
 	n.m.root = &n.Inode
 	n.m.rootAttr = n.m.stableAttr(&x)
 	n.m.rootRef = &dirRef{fd: fd}
-	n.m.rootRef.refs.Store(1) // never released: Wait closes rootFd
+	n.m.rootRef.refs.Store(1) // never released: serveEnded closes rootFd
 	n.m.policy.Store(pol)
 	return n, nil
 }
 
-// Wait returns when the mirror is unmounted, and lets go of SOURCE.
-func (m *Mirror) Wait() {
-	m.Server.Wait()
-	m.closeRoot.Do(func() {
-		unix.Close(m.root.m.rootFd)
-		m.devMu.Lock()
-		if m.dev >= 0 {
-			unix.Close(m.dev)
-			m.dev = -1
-		}
-		m.devMu.Unlock()
-	})
+// serveEnded waits for the session to end, then lets go of SOURCE and
+// tells Done. It is the one place where the end of a session is handled.
+func (m *Mirror) serveEnded() {
+	m.srv.Wait()
+	unix.Close(m.root.m.rootFd)
+	m.devMu.Lock()
+	if m.dev >= 0 {
+		unix.Close(m.dev)
+		m.dev = -1
+	}
+	m.devMu.Unlock()
+	close(m.done)
 }
+
+// Done is closed once the FUSE session has ended (an unmount, an aborted
+// connection) and SOURCE is let go.
+func (m *Mirror) Done() <-chan struct{} { return m.done }
+
+// Wait returns once the FUSE session has ended and SOURCE is let go.
+func (m *Mirror) Wait() { <-m.done }
 
 // SetPolicy swaps in p at once: each request reads the policy once and
 // decides by the old one or the new one, never a mix. Names the kernel has

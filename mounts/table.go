@@ -1,4 +1,10 @@
-package daemon
+// Package mounts reads the kernel's mount table (/proc/self/mountinfo) and
+// holds the kernel helpers that act on a mount without sending it a request:
+// a lazy detach, an abort of its FUSE connection through fusectl, its
+// fusectl "waiting" counter, and a watch of the table (POLLPRI). The
+// daemon, the file system, the tests and the benchmark all read the table
+// through it.
+package mounts
 
 import (
 	"bufio"
@@ -9,9 +15,6 @@ import (
 	"strings"
 )
 
-// FSType is the type our mounts carry in /proc/self/mountinfo.
-const FSType = "fuse.mirrorfs"
-
 // Mount is one line of /proc/self/mountinfo.
 type Mount struct {
 	ID         int    // reused by the kernel once the mount is gone
@@ -21,8 +24,8 @@ type Mount struct {
 	Source     string
 }
 
-// ParseMountinfo reads the format of proc(5)'s /proc/PID/mountinfo.
-func ParseMountinfo(r io.Reader) ([]Mount, error) {
+// Parse reads the format of proc(5)'s /proc/PID/mountinfo.
+func Parse(r io.Reader) ([]Mount, error) {
 	var mounts []Mount
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
@@ -84,19 +87,21 @@ func isOctal(s string) bool {
 	return true
 }
 
-// readMounts returns this process's mount table.
-func readMounts() ([]Mount, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+// Read returns this process's mount table.
+func Read() ([]Mount, error) {
+	f, err := os.Open(selfTable)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return ParseMountinfo(f)
+	return Parse(f)
 }
 
-// topMountAt returns the mount that is visible at path (the last one
+const selfTable = "/proc/self/mountinfo"
+
+// TopAt returns the mount that is visible at path (the last one
 // mounted there), if any.
-func topMountAt(mounts []Mount, path string) (Mount, bool) {
+func TopAt(mounts []Mount, path string) (Mount, bool) {
 	var top Mount
 	found := false
 	for _, m := range mounts {
@@ -107,9 +112,9 @@ func topMountAt(mounts []Mount, path string) (Mount, bool) {
 	return top, found
 }
 
-// hasMount reports whether mount m is still in the table. The kernel
+// Has reports whether mount m is still in the table. The kernel
 // reuses ids and FUSE device numbers, so all three must agree.
-func hasMount(mounts []Mount, m Mount) bool {
+func Has(mounts []Mount, m Mount) bool {
 	for _, o := range mounts {
 		if o.ID == m.ID && o.Dev == m.Dev && o.Mountpoint == m.Mountpoint {
 			return true

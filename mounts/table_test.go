@@ -1,4 +1,4 @@
-package daemon
+package mounts
 
 import (
 	"strings"
@@ -12,7 +12,7 @@ const sampleMountinfo = `22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 `
 
 func TestParseMountinfo(t *testing.T) {
-	mounts, err := ParseMountinfo(strings.NewReader(sampleMountinfo))
+	mounts, err := Parse(strings.NewReader(sampleMountinfo))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,17 +23,17 @@ func TestParseMountinfo(t *testing.T) {
 	if mounts[1] != want {
 		t.Errorf("mounts[1] = %+v, want %+v", mounts[1], want)
 	}
-	top, ok := topMountAt(mounts, "/tmp/my mnt")
+	top, ok := TopAt(mounts, "/tmp/my mnt")
 	if !ok || top.ID != 37 || top.FSType != "tmpfs" {
-		t.Errorf("topMountAt = %+v, %v; want the tmpfs stacked on top (id 37)", top, ok)
+		t.Errorf("TopAt = %+v, %v; want the tmpfs stacked on top (id 37)", top, ok)
 	}
-	if _, ok := topMountAt(mounts, "/tmp/my"); ok {
-		t.Error("topMountAt matched a prefix of a mountpoint")
+	if _, ok := TopAt(mounts, "/tmp/my"); ok {
+		t.Error("TopAt matched a prefix of a mountpoint")
 	}
 	run := Mount{ID: 40, Dev: "0:34", Mountpoint: "/run/user"}
-	if !hasMount(mounts, run) || hasMount(mounts, Mount{ID: 41, Dev: "0:34", Mountpoint: "/run/user"}) ||
-		hasMount(mounts, Mount{ID: 40, Dev: "0:99", Mountpoint: "/run/user"}) || hasMount(mounts, Mount{ID: 40, Dev: "0:34"}) {
-		t.Error("hasMount is wrong")
+	if !Has(mounts, run) || Has(mounts, Mount{ID: 41, Dev: "0:34", Mountpoint: "/run/user"}) ||
+		Has(mounts, Mount{ID: 40, Dev: "0:99", Mountpoint: "/run/user"}) || Has(mounts, Mount{ID: 40, Dev: "0:34"}) {
+		t.Error("Has is wrong")
 	}
 }
 
@@ -43,7 +43,7 @@ func TestParseMountinfoErrors(t *testing.T) {
 		"36 22 0:32 / - fuse src rw",                          // too few fields
 		"x 22 0:32 / /mnt rw - fuse src rw",                   // bad id
 	} {
-		if _, err := ParseMountinfo(strings.NewReader(line + "\n")); err == nil {
+		if _, err := Parse(strings.NewReader(line + "\n")); err == nil {
 			t.Errorf("ParseMountinfo(%q) succeeded", line)
 		} else if !strings.Contains(err.Error(), "line 1") {
 			t.Errorf("error %q does not name the line", err)
@@ -71,7 +71,7 @@ func FuzzParseMountinfo(f *testing.F) {
 	f.Add(sampleMountinfo)
 	f.Add(`1 2 3:4 / /a\04 b - t s o`)
 	f.Fuzz(func(t *testing.T, s string) {
-		mounts, err := ParseMountinfo(strings.NewReader(s))
+		mounts, err := Parse(strings.NewReader(s))
 		if err == nil && len(mounts) > strings.Count(s, "\n")+1 {
 			t.Errorf("%d mounts from %d lines", len(mounts), strings.Count(s, "\n")+1)
 		}
