@@ -99,7 +99,7 @@ func TestConnectionAbort(t *testing.T) {
 	if err := os.WriteFile(abort, []byte("1"), 0o200); err != nil {
 		t.Fatal(err)
 	}
-	e.stopped(pid)
+	e.lost(pid) // the mount died under the daemon: a non-zero exit (lifecycle2_test.go)
 	if !strings.Contains(e.log(), "connection aborted") {
 		t.Errorf("log lacks the abort:\n%s", e.log())
 	}
