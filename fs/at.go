@@ -422,9 +422,7 @@ func (f *file) Statx(ctx context.Context, flags, mask uint32, out *fuse.StatxOut
 		return gofs.ToErrno(err)
 	}
 	out.FromStatx(&x)
-	if p := f.n.m.policy.Load(); p.AttrTimeout > 0 {
-		out.SetTimeout(p.AttrTimeout)
-	}
+	out.SetTimeout(f.n.m.policy.Load().AttrTTL())
 	return 0
 }
 

@@ -519,9 +519,7 @@ func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags, mask uint32,
 		return gofs.ToErrno(err)
 	}
 	out.FromStatx(&x)
-	if p.AttrTimeout > 0 {
-		out.SetTimeout(p.AttrTimeout)
-	}
+	out.SetTimeout(p.AttrTTL())
 	return 0
 }
 

@@ -71,28 +71,26 @@ const staleTimeout = time.Nanosecond
 // setEntryTimeouts gives out the timeouts of p, the policy the request
 // was decided under, or staleTimeout if p is no longer in force: the
 // reply may reach the kernel after SetPolicy dropped the old entries.
+// Every reply carries its timeouts, 0 included: the mount's default is 0
+// (mount.go), since go-fuse puts that default in place of a 0 here, and
+// "0s" in the policy must mean no caching.
 func (m *shared) setEntryTimeouts(p *policy.Policy, out *fuse.EntryOut) {
 	if m.policy.Load() != p {
 		out.SetEntryTimeout(staleTimeout)
 		out.SetAttrTimeout(staleTimeout)
 		return
 	}
-	if p.EntryTimeout > 0 {
-		out.SetEntryTimeout(p.EntryTimeout)
-	}
-	if p.AttrTimeout > 0 {
-		out.SetAttrTimeout(p.AttrTimeout)
-	}
+	out.SetEntryTimeout(p.EntryTTL())
+	out.SetAttrTimeout(p.AttrTTL())
 }
 
 // setAttrTimeout is setEntryTimeouts for a reply with attributes only.
 func (m *shared) setAttrTimeout(p *policy.Policy, out *fuse.AttrOut) {
-	switch {
-	case m.policy.Load() != p:
+	if m.policy.Load() != p {
 		out.SetTimeout(staleTimeout)
-	case p.AttrTimeout > 0:
-		out.SetTimeout(p.AttrTimeout)
+		return
 	}
+	out.SetTimeout(p.AttrTTL())
 }
 
 var _ = (gofs.NodeLookuper)((*node)(nil))
@@ -176,10 +174,7 @@ type listing struct {
 // folder moved elsewhere, or below a moved one, keeps its inode and its
 // listing, but not what the patterns hide in it.
 func (n *node) listingFlags(p *policy.Policy) uint32 {
-	ttl := attrTimeout
-	if p.AttrTimeout > 0 {
-		ttl = p.AttrTimeout
-	}
+	ttl := p.AttrTTL()
 	var at string
 	if p.NeedsPath() {
 		at = n.Path(nil)
