@@ -16,17 +16,18 @@ import (
 
 // shared is what every node of one mirror refers to.
 type shared struct {
-	policy   atomic.Pointer[policy.Policy] // swapped whole on reload; no lock on the hot path
-	rootFd   int                           // SOURCE, O_PATH, held for the mirror's life
-	dev      uint64                        // SOURCE's device
-	euid     int
-	readOnly bool    // mounted -o ro
-	calls    callers // switches threads to a request's caller (creds.go)
-	root     *gofs.Inode
-	rootAttr gofs.StableAttr
-	rootRef  *dirRef      // rootFd, never released
-	kept     atomic.Int32 // folders keeping a descriptor (at.go)
-	umasks   umaskTable   // the umask of each request making an entry (umask.go)
+	policy    atomic.Pointer[policy.Policy] // swapped whole on reload; no lock on the hot path
+	rootFd    int                           // SOURCE, O_PATH, held for the mirror's life
+	dev       uint64                        // SOURCE's device
+	euid      int
+	readOnly  bool    // mounted -o ro
+	calls     callers // switches threads to a request's caller (creds.go)
+	root      *gofs.Inode
+	rootAttr  gofs.StableAttr
+	rootRef   *dirRef      // rootFd, never released
+	kept      atomic.Int32 // folders keeping a descriptor (at.go)
+	umasks    umaskTable   // the umask of each request making an entry (umask.go)
+	localDevs sync.Map     // device → whether on a localFs (loopback.go)
 }
 
 // node is one file or directory of the mirror: the loopback (loopback.go),
