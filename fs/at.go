@@ -125,7 +125,7 @@ func (n *node) locateSelf() (loc, syscall.Errno) {
 	fd, err := unix.Openat(l.dir, l.path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	l.done()
 	if err != nil {
-		return loc{}, gofs.ToErrno(err)
+		return loc{}, gone(l, gofs.ToErrno(err))
 	}
 	if err := n.isFile(fd); err != nil {
 		unix.Close(fd)
@@ -236,11 +236,35 @@ func (n *node) isFile(fd int) error {
 	if errno := statxFd(fd, &x); errno != 0 {
 		return errno
 	}
-	got, want := n.m.stableAttr(&x), n.StableAttr()
-	if got.Ino != want.Ino || got.Gen != want.Gen {
+	return n.mustBe(&x)
+}
+
+// mustBe says (ESTALE) whether x, found by n's parent and name, describes
+// another file than n's: what a statx returns is enough, no call more. The
+// generation (birth time) is compared where x has one: a statx asked for
+// fewer fields than the node was made from may lack it.
+func (n *node) mustBe(x *unix.Statx_t) error {
+	if n.EmbeddedInode() == n.m.root {
+		return nil
+	}
+	got, want := n.m.stableAttr(x), n.StableAttr()
+	if got.Ino != want.Ino || x.Mask&unix.STATX_BTIME != 0 && got.Gen != want.Gen {
 		return unix.ESTALE
 	}
 	return nil
+}
+
+// gone is the answer for n's own name missing on SOURCE, or another
+// file's there (ESTALE): the kernel, which still has the name, looks it up
+// again (LOOKUP_REVAL) and retries the open or stat once, so that the
+// caller gets what is there now — nothing, or the new file as a new node —
+// and a descriptor held on n keeps its own file. ENOENT would tell her that
+// a name the kernel has just shown her does not exist.
+func gone(l loc, errno syscall.Errno) syscall.Errno {
+	if errno == syscall.ENOENT && l.path != "" {
+		return syscall.ESTALE
+	}
+	return errno
 }
 
 var _ = (gofs.NodeOnForgetter)((*node)(nil))
@@ -422,9 +446,7 @@ func (f *file) Statx(ctx context.Context, flags, mask uint32, out *fuse.StatxOut
 		return gofs.ToErrno(err)
 	}
 	out.FromStatx(&x)
-	if p := f.n.m.policy.Load(); p.AttrTimeout > 0 {
-		out.SetTimeout(p.AttrTimeout)
-	}
+	out.SetTimeout(f.n.m.policy.Load().AttrTTL())
 	return 0
 }
 

@@ -214,7 +214,10 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	if errno != 0 {
 		return errno
 	}
-	return n.setattr(ctx, f, in, out)
+	if errno = n.setattr(ctx, f, in, out); errno == 0 {
+		n.m.setAttrTimeout(p, out)
+	}
+	return errno
 }
 
 var _ = (gofs.NodeSetxattrer)((*node)(nil))

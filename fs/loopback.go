@@ -85,7 +85,10 @@ func (n *node) getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 	defer l.done()
 	var x unix.Statx_t
 	if errno := statxAt(l, &x); errno != 0 {
-		return errno
+		return gone(l, errno)
+	}
+	if err := n.mustBe(&x); err != nil {
+		return gofs.ToErrno(err) // the attributes of another file are not n's
 	}
 	fillAttr(&x, &out.Attr)
 	out.Ino = n.StableAttr().Ino // differs from x.Ino on a mount within SOURCE
@@ -153,7 +156,6 @@ func (n *node) openNew(ctx context.Context, name string, flags, mode uint32, out
 		return nil, nil, 0, errno
 	}
 	defer l.done()
-	flags &^= syscall.O_APPEND
 	fd, made := -1, false
 	errno = n.m.asCaller(ctx, func() syscall.Errno {
 		var err error
@@ -176,7 +178,7 @@ func (n *node) openNew(ctx context.Context, name string, flags, mode uint32, out
 		return nil, nil, 0, errno
 	}
 	child := n.newChild(ctx, &x, out)
-	return child, child.Operations().(*node).newFile(fd), openFlags(fd), 0
+	return child, child.Operations().(*node).newFile(fd), n.m.openFlags(&x, fd, flags), 0
 }
 
 func (n *node) link(ctx context.Context, target *node, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -257,24 +259,42 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 
 // open opens n's file, as the caller. Its path is resolved without
 // following any symlink: a folder swapped for one on the source cannot lead
-// elsewhere.
+// elsewhere. What is opened by n's name must be n's file (a node is its
+// file, not its name): a file put at the name on SOURCE since is ESTALE,
+// and the kernel looks the name up again and opens it as a new node.
+//
+// O_APPEND is kept on the daemon's descriptor: the kernel sends an append
+// at the end it knows, its cached size, which is short of the real end
+// once SOURCE has grown the file; a write on an O_APPEND descriptor goes to
+// the real end whatever the offset (pwrite(2), Linux). The mirror has no
+// writeback cache, so no write at an offset of the kernel's own choosing
+// comes through this descriptor (see openFlags for mmap).
 func (n *node) open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	l, errno := n.locateFor(ctx)
 	if errno != 0 {
 		return nil, 0, errno
 	}
 	defer l.done()
-	flags &^= syscall.O_APPEND | fuse.FMODE_EXEC
+	flags &^= fuse.FMODE_EXEC
 	fd := -1
 	errno = n.m.asCaller(ctx, func() syscall.Errno {
 		var err error
 		fd, err = openNoSymlinks(l, int(flags))
-		return gofs.ToErrno(err)
+		return gone(l, gofs.ToErrno(err))
 	})
 	if errno != 0 {
 		return nil, 0, errno
 	}
-	return n.newFile(fd), openFlags(fd), 0
+	var x unix.Statx_t
+	errno = statxFd(fd, &x)
+	if errno == 0 {
+		errno = gofs.ToErrno(n.mustBe(&x))
+	}
+	if errno != 0 {
+		unix.Close(fd)
+		return nil, 0, errno
+	}
+	return n.newFile(fd), n.m.openFlags(&x, fd, flags), 0
 }
 
 func openNoSymlinks(l loc, flags int) (int, error) {
@@ -306,13 +326,42 @@ var localFs = map[int64]bool{
 	unix.F2FS_SUPER_MAGIC:  true,
 }
 
-// openFlags are the FOPEN_ flags for the file open at fd.
-func openFlags(fd int) uint32 {
-	var s unix.Statfs_t
-	if unix.Fstatfs(fd, &s) == nil && localFs[s.Type] {
-		return fuse.FOPEN_NOFLUSH
+// openFlags are the FOPEN_ flags for the file x, open at fd with flags.
+//
+// An appending open is FOPEN_DIRECT_IO (unless passthrough serves it: there
+// the kernel writes the file itself, at its real end, and ignores the
+// flag). Its writes go to the daemon without filling the kernel's page
+// cache: the kernel would fill it at the offset it believes is the end, and
+// the bytes there are SOURCE's when SOURCE appended meanwhile; the kernel
+// drops the cached size after each write, and a later read then sees the
+// real one. A direct-IO descriptor cannot be mapped shared, so no mmap
+// write-back is ever sent through the O_APPEND descriptor, where it would
+// land at the end instead of in place.
+func (m *shared) openFlags(x *unix.Statx_t, fd int, flags uint32) uint32 {
+	var f uint32
+	if m.isLocalFs(x, fd) {
+		f |= fuse.FOPEN_NOFLUSH
 	}
-	return 0
+	if flags&unix.O_APPEND != 0 && flags&unix.O_ACCMODE != unix.O_RDONLY {
+		f |= fuse.FOPEN_DIRECT_IO
+	}
+	return f
+}
+
+// isLocalFs says whether x, open at fd, is on one of localFs. The answer
+// is kept per device: an open costs no statfs, only the statx that checks
+// what it opened.
+func (m *shared) isLocalFs(x *unix.Statx_t, fd int) bool {
+	dev := unix.Mkdev(x.Dev_major, x.Dev_minor)
+	if local, ok := m.localDevs.Load(dev); ok {
+		return local.(bool)
+	}
+	var s unix.Statfs_t
+	if unix.Fstatfs(fd, &s) != nil {
+		return false
+	}
+	m.localDevs.Store(dev, localFs[s.Type])
+	return localFs[s.Type]
 }
 
 // openDir opens n's folder for reading.
@@ -516,12 +565,13 @@ func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags, mask uint32,
 	defer l.done()
 	var x unix.Statx_t
 	if err := unix.Statx(l.dir, l.path, int(flags)|l.flags(), int(mask), &x); err != nil {
+		return gone(l, gofs.ToErrno(err))
+	}
+	if err := n.mustBe(&x); err != nil {
 		return gofs.ToErrno(err)
 	}
 	out.FromStatx(&x)
-	if p.AttrTimeout > 0 {
-		out.SetTimeout(p.AttrTimeout)
-	}
+	out.SetTimeout(p.AttrTTL())
 	return 0
 }
 

@@ -30,13 +30,6 @@ type Options struct {
 	Log           *slog.Logger
 }
 
-// Cache timeouts. They are explicit: a non-nil go-fuse Options without them
-// means no caching at all, an order of magnitude slower on metadata.
-const (
-	entryTimeout = time.Second
-	attrTimeout  = time.Second
-)
-
 // FSType is the type mirrorfs mounts carry in the mount table.
 const FSType = "fuse.mirrorfs"
 
@@ -299,7 +292,10 @@ func invalidateHidden(p *policy.Policy, dir *gofs.Inode, rel string) {
 }
 
 func (o Options) gofsOptions(b *backing) *gofs.Options {
-	entry, attr := entryTimeout, attrTimeout
+	// The mount's cache timeouts are 0: go-fuse gives them to a reply
+	// whose own are 0, so a policy's "0s" would become them. Every reply
+	// of the mirror carries the policy's (node.go, setEntryTimeouts).
+	var entry, attr time.Duration
 	fsname := o.FsName
 	if fsname == "" {
 		fsname = o.Source
@@ -332,7 +328,7 @@ func (o Options) gofsOptions(b *backing) *gofs.Options {
 			// entry that shuts a user out of a folder on SOURCE shuts her
 			// out here, on every component of a path, though root serves
 			// her. It reads them through Getxattr (as her) and keeps them
-			// as long as the attributes (attrTimeout, or the policy's).
+			// as long as the attributes (the policy's attr_timeout).
 			EnableAcl: true,
 			// The umask comes apart from the mode: a default ACL replaces it
 			// (umask.go).

@@ -16,17 +16,18 @@ import (
 
 // shared is what every node of one mirror refers to.
 type shared struct {
-	policy   atomic.Pointer[policy.Policy] // swapped whole on reload; no lock on the hot path
-	rootFd   int                           // SOURCE, O_PATH, held for the mirror's life
-	dev      uint64                        // SOURCE's device
-	euid     int
-	readOnly bool    // mounted -o ro
-	calls    callers // switches threads to a request's caller (creds.go)
-	root     *gofs.Inode
-	rootAttr gofs.StableAttr
-	rootRef  *dirRef      // rootFd, never released
-	kept     atomic.Int32 // folders keeping a descriptor (at.go)
-	umasks   umaskTable   // the umask of each request making an entry (umask.go)
+	policy    atomic.Pointer[policy.Policy] // swapped whole on reload; no lock on the hot path
+	rootFd    int                           // SOURCE, O_PATH, held for the mirror's life
+	dev       uint64                        // SOURCE's device
+	euid      int
+	readOnly  bool    // mounted -o ro
+	calls     callers // switches threads to a request's caller (creds.go)
+	root      *gofs.Inode
+	rootAttr  gofs.StableAttr
+	rootRef   *dirRef      // rootFd, never released
+	kept      atomic.Int32 // folders keeping a descriptor (at.go)
+	umasks    umaskTable   // the umask of each request making an entry (umask.go)
+	localDevs sync.Map     // device → whether on a localFs (loopback.go)
 }
 
 // node is one file or directory of the mirror: the loopback (loopback.go),
@@ -71,28 +72,26 @@ const staleTimeout = time.Nanosecond
 // setEntryTimeouts gives out the timeouts of p, the policy the request
 // was decided under, or staleTimeout if p is no longer in force: the
 // reply may reach the kernel after SetPolicy dropped the old entries.
+// Every reply carries its timeouts, 0 included: the mount's default is 0
+// (mount.go), since go-fuse puts that default in place of a 0 here, and
+// "0s" in the policy must mean no caching.
 func (m *shared) setEntryTimeouts(p *policy.Policy, out *fuse.EntryOut) {
 	if m.policy.Load() != p {
 		out.SetEntryTimeout(staleTimeout)
 		out.SetAttrTimeout(staleTimeout)
 		return
 	}
-	if p.EntryTimeout > 0 {
-		out.SetEntryTimeout(p.EntryTimeout)
-	}
-	if p.AttrTimeout > 0 {
-		out.SetAttrTimeout(p.AttrTimeout)
-	}
+	out.SetEntryTimeout(p.EntryTTL())
+	out.SetAttrTimeout(p.AttrTTL())
 }
 
 // setAttrTimeout is setEntryTimeouts for a reply with attributes only.
 func (m *shared) setAttrTimeout(p *policy.Policy, out *fuse.AttrOut) {
-	switch {
-	case m.policy.Load() != p:
+	if m.policy.Load() != p {
 		out.SetTimeout(staleTimeout)
-	case p.AttrTimeout > 0:
-		out.SetTimeout(p.AttrTimeout)
+		return
 	}
+	out.SetTimeout(p.AttrTTL())
 }
 
 var _ = (gofs.NodeLookuper)((*node)(nil))
@@ -176,10 +175,7 @@ type listing struct {
 // folder moved elsewhere, or below a moved one, keeps its inode and its
 // listing, but not what the patterns hide in it.
 func (n *node) listingFlags(p *policy.Policy) uint32 {
-	ttl := attrTimeout
-	if p.AttrTimeout > 0 {
-		ttl = p.AttrTimeout
-	}
+	ttl := p.AttrTTL()
 	var at string
 	if p.NeedsPath() {
 		at = n.Path(nil)

@@ -15,8 +15,8 @@ import (
 type file struct {
 	ReadOnly     bool      `toml:"read_only"`
 	Hide         []Pattern `toml:"hide"`
-	EntryTimeout duration  `toml:"entry_timeout"`
-	AttrTimeout  duration  `toml:"attr_timeout"`
+	EntryTimeout *duration `toml:"entry_timeout"` // nil: not in the file
+	AttrTimeout  *duration `toml:"attr_timeout"`
 	LogLevel     level     `toml:"log_level"`
 }
 
@@ -29,6 +29,16 @@ func (d *duration) UnmarshalText(b []byte) error {
 	}
 	d.Duration = v
 	return nil
+}
+
+// value is the duration set in the file, nil if none: "0s" is a setting
+// (no caching), not the lack of one.
+func (d *duration) value() *time.Duration {
+	if d == nil {
+		return nil
+	}
+	v := d.Duration
+	return &v
 }
 
 type level struct{ slog.Level }
@@ -64,8 +74,8 @@ func Decode(name string, b []byte) (*Policy, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, decodeError(name, b, err)
 	}
-	p := &Policy{ReadOnly: f.ReadOnly, Hide: f.Hide, EntryTimeout: f.EntryTimeout.Duration,
-		AttrTimeout: f.AttrTimeout.Duration, LogLevel: f.LogLevel.Level}
+	p := &Policy{ReadOnly: f.ReadOnly, Hide: f.Hide, EntryTimeout: f.EntryTimeout.value(),
+		AttrTimeout: f.AttrTimeout.value(), LogLevel: f.LogLevel.Level}
 	p.index()
 	return p, nil
 }

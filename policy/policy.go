@@ -15,12 +15,30 @@ import (
 type Policy struct {
 	ReadOnly     bool
 	Hide         []Pattern
-	EntryTimeout time.Duration // 0: the mount's default
-	AttrTimeout  time.Duration // 0: the mount's default
+	EntryTimeout *time.Duration // nil: DefaultTimeout; 0: no caching
+	AttrTimeout  *time.Duration // nil: DefaultTimeout; 0: no caching
 	LogLevel     slog.Level
 
 	anchored bool   // some pattern contains "/": matching needs the path
 	idx      *index // the patterns by the shape of their last component
+}
+
+// DefaultTimeout is how long the kernel may keep a name or attributes
+// when the policy does not say.
+const DefaultTimeout = time.Second
+
+// EntryTTL is how long the kernel may keep a name it looked up: the
+// policy's entry_timeout, where "0s" means not at all, or DefaultTimeout.
+func (p *Policy) EntryTTL() time.Duration { return orDefault(p.EntryTimeout) }
+
+// AttrTTL is how long the kernel may keep attributes, as EntryTTL.
+func (p *Policy) AttrTTL() time.Duration { return orDefault(p.AttrTimeout) }
+
+func orDefault(d *time.Duration) time.Duration {
+	if d == nil {
+		return DefaultTimeout
+	}
+	return *d
 }
 
 // Default is the policy without a file: everything visible and writable.

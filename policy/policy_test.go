@@ -79,6 +79,35 @@ func TestParsePatternErrors(t *testing.T) {
 	}
 }
 
+// TestDecodeTimeouts: "0s" is no caching, not the default; a timeout the
+// file does not set is the default.
+func TestDecodeTimeouts(t *testing.T) {
+	for _, c := range []struct {
+		file        string
+		entry, attr time.Duration
+	}{
+		{`read_only = false`, DefaultTimeout, DefaultTimeout},
+		{`entry_timeout = "0s"`, 0, DefaultTimeout},
+		{`attr_timeout = "0s"`, DefaultTimeout, 0},
+		{"entry_timeout = \"0s\"\nattr_timeout = \"0ms\"", 0, 0},
+		{"entry_timeout = \"3s\"\nattr_timeout = \"10ms\"", 3 * time.Second, 10 * time.Millisecond},
+	} {
+		p, err := Decode("p.toml", []byte(c.file))
+		if err != nil {
+			t.Fatalf("%q: %v", c.file, err)
+		}
+		if p.EntryTTL() != c.entry || p.AttrTTL() != c.attr {
+			t.Errorf("%q: entry %v, attr %v; want %v, %v", c.file, p.EntryTTL(), p.AttrTTL(), c.entry, c.attr)
+		}
+	}
+	if Default.EntryTTL() != DefaultTimeout || Default.AttrTTL() != DefaultTimeout {
+		t.Errorf("Default: entry %v, attr %v", Default.EntryTTL(), Default.AttrTTL())
+	}
+	if _, err := Decode("p.toml", []byte(`entry_timeout = "-1s"`)); err == nil {
+		t.Error("a negative timeout decoded")
+	}
+}
+
 func TestDecode(t *testing.T) {
 	p, err := Decode("p.toml", []byte(`
 read_only = true
@@ -90,8 +119,8 @@ log_level = "debug"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !p.ReadOnly || len(p.Hide) != 3 || !p.NeedsPath() || p.EntryTimeout != 2*time.Second ||
-		p.AttrTimeout != 500*time.Millisecond || p.LogLevel != slog.LevelDebug {
+	if !p.ReadOnly || len(p.Hide) != 3 || !p.NeedsPath() || p.EntryTTL() != 2*time.Second ||
+		p.AttrTTL() != 500*time.Millisecond || p.LogLevel != slog.LevelDebug {
 		t.Errorf("decoded %+v", p)
 	}
 	if empty, err := Decode("e.toml", nil); err != nil || empty.ReadOnly || empty.Hides() {
