@@ -131,7 +131,7 @@ func start(cfg *Config, logToFile, detached bool, rep *reporter) (*daemon, error
 	d.state = State{Pid: os.Getpid(), Source: cfg.Source, Mountpoint: cfg.Mountpoint, Config: cfg.ConfigFile, Started: time.Now().UTC()}
 	d.writeState()
 	d.log.Info("ready", "source", cfg.Source, "mountpoint", cfg.Mountpoint, "passthrough", d.mirror.Passthrough(),
-		"policy", describe(d.policy))
+		"watch", d.mirror.Watch(), "policy", describe(d.policy))
 	rep.ready(msg)
 	sd.SdNotify(false, sd.SdNotifyReady)
 	return d, nil
@@ -225,7 +225,7 @@ func (d *daemon) mount() error {
 		m, err = fs.Mount(cfg.Mountpoint, fs.Options{
 			Source: cfg.Source, FsName: cfg.FsName, ReadOnly: cfg.ReadOnly, AllowOther: cfg.AllowOther,
 			NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, KernelFlags: cfg.KernelFlags,
-			Policy: d.policy, Log: d.log,
+			Policy: d.policy, Log: d.log, Watch: cfg.Watch,
 		})
 		return err
 	})

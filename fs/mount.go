@@ -26,6 +26,7 @@ type Options struct {
 	Debug         bool
 	KernelFlags   []string       // nodev, nosuid, noexec, ...
 	Policy        *policy.Policy // nil: policy.Default
+	Watch         string         // WatchAuto ("" too), WatchFanotify, WatchInotify or WatchOff
 	Log           *slog.Logger
 }
 
@@ -47,6 +48,7 @@ type Mirror struct {
 	tableID    int         // its id in /proc/self/mountinfo; 0 when unknown
 	devMu      sync.Mutex  // guards dev: a reload may write to it while Wait closes it
 	dev        int         // a copy of the session's /dev/fuse descriptor, for incEpoch; -1: none
+	watching   string      // which watcher runs (watch.go)
 }
 
 // Passthrough is the passthrough state: "on", "off (why)" or "unknown (why)".
@@ -64,6 +66,12 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 		return nil, err
 	}
 	root.m.readOnly = o.ReadOnly
+	w, watching, err := newWatcher(o.Watch, o.Log)
+	if err != nil {
+		unix.Close(root.m.rootFd)
+		return nil, err
+	}
+	root.m.watch = w
 	root.m.calls.log = o.Log
 	b := &backing{disabled: o.NoPassthrough, log: o.Log, calls: root.m.registrar()}
 	opts := o.gofsOptions(b)
@@ -81,11 +89,13 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 		// open, and a request would act on that file instead.
 		if ended {
 			unix.Close(root.m.rootFd)
+			w.close()
 		}
 		return nil, err
 	}
 	b.probe(o.Source)
-	m.backing, m.root = b, root
+	m.backing, m.root, m.watching = b, root, watching
+	w.start(root)
 	return m, nil
 }
 
@@ -186,6 +196,7 @@ func newRoot(source string, pol *policy.Policy) (*node, error) {
 func (m *Mirror) Wait() {
 	m.Server.Wait()
 	m.closeRoot.Do(func() {
+		m.root.m.watch.stop()
 		unix.Close(m.root.m.rootFd)
 		m.devMu.Lock()
 		if m.dev >= 0 {

@@ -27,6 +27,7 @@ type shared struct {
 	rootRef  *dirRef      // rootFd, never released
 	kept     atomic.Int32 // folders keeping a descriptor (at.go)
 	umasks   umaskTable   // the umask of each request making an entry (umask.go)
+	watch    *watcher     // tells the kernel of changes on SOURCE (watch.go); nil: none
 }
 
 // node is one file or directory of the mirror: the loopback (loopback.go),
