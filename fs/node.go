@@ -188,6 +188,7 @@ func (n *node) listingFlags(p *policy.Policy) uint32 {
 	now := time.Now().UnixNano()
 	switch l := n.listed.Load(); {
 	case l == nil:
+		n.watchListing()
 		n.listed.Store(&listing{filled: now, path: at}) // this open fills the kept listing
 	case now-l.filled > int64(ttl) || l.path != at:
 		n.listed.Store(nil) // this open drops it; the next fills a new one

@@ -35,12 +35,17 @@ const (
 	WatchOff      = "off" // the cache timeouts alone
 )
 
-// What a watched folder is asked to report.
+// What a watched folder is asked to report. Not FAN_CLOSE_WRITE: every
+// write is a FAN_MODIFY already, and through passthrough the kernel closes
+// the backing file in the closing user's context, so that each close of a
+// file written through the mirror would come back as a change on SOURCE.
+// (A writer through mmap on SOURCE reports nothing at all, and usually
+// closes its descriptor before it writes.)
 const (
 	fanMask = unix.FAN_CREATE | unix.FAN_DELETE | unix.FAN_MOVED_FROM | unix.FAN_MOVED_TO |
-		unix.FAN_MODIFY | unix.FAN_ATTRIB | unix.FAN_CLOSE_WRITE | unix.FAN_EVENT_ON_CHILD | unix.FAN_ONDIR
+		unix.FAN_MODIFY | unix.FAN_ATTRIB | unix.FAN_EVENT_ON_CHILD | unix.FAN_ONDIR
 	inMask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_MOVED_TO |
-		unix.IN_MODIFY | unix.IN_ATTRIB | unix.IN_CLOSE_WRITE | unix.IN_ONLYDIR
+		unix.IN_MODIFY | unix.IN_ATTRIB | unix.IN_ONLYDIR
 	fanNames = unix.FAN_CREATE | unix.FAN_DELETE | unix.FAN_MOVED_FROM | unix.FAN_MOVED_TO
 	fanGone  = unix.FAN_DELETE | unix.FAN_MOVED_FROM
 	inNames  = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_MOVED_TO
@@ -149,6 +154,18 @@ func (w *watcher) mark(fd int) (string, error) {
 		return "", err
 	}
 	return key, unix.FanotifyMark(w.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_INODE, fanMask, fd, ".")
+}
+
+// watchListing watches n's folder before the kernel keeps its listing: a
+// folder only listed keeps no descriptor of its own (acquire) until a
+// lookup in it, and would not be watched.
+func (n *node) watchListing() {
+	if n.m.watch == nil {
+		return
+	}
+	if r, errno := n.acquire(); errno == 0 {
+		r.release()
+	}
 }
 
 // remove stops watching n's folder, whose descriptor fd is still open.
