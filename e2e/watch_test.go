@@ -311,7 +311,7 @@ func TestWatchLatency(t *testing.T) {
 		}
 		slices.Sort(took)
 		p50, p99 := took[len(took)/2], took[len(took)*99/100]
-		t.Logf("source append -> size seen through the mirror: p50 %v p99 %v max %v (%d rounds)", p50, p99, took[len(took)-1], rounds)
+		t.Logf("%s: source append -> size seen through the mirror: p50 %v p99 %v max %v (%d rounds)", t.Name(), p50, p99, took[len(took)-1], rounds)
 		if p50 > seenWithin/2 {
 			t.Errorf("p50 %v", p50)
 		}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"golang.org/x/sys/unix"
@@ -46,10 +47,12 @@ const (
 		unix.FAN_MODIFY | unix.FAN_ATTRIB | unix.FAN_EVENT_ON_CHILD | unix.FAN_ONDIR
 	inMask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_MOVED_TO |
 		unix.IN_MODIFY | unix.IN_ATTRIB | unix.IN_ONLYDIR
-	fanNames = unix.FAN_CREATE | unix.FAN_DELETE | unix.FAN_MOVED_FROM | unix.FAN_MOVED_TO
-	fanGone  = unix.FAN_DELETE | unix.FAN_MOVED_FROM
-	inNames  = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_MOVED_TO
-	inGone   = unix.IN_DELETE | unix.IN_MOVED_FROM
+	fanNames   = unix.FAN_CREATE | unix.FAN_DELETE | unix.FAN_MOVED_FROM | unix.FAN_MOVED_TO
+	fanGone    = unix.FAN_DELETE | unix.FAN_MOVED_FROM
+	fanContent = unix.FAN_MODIFY | unix.FAN_ATTRIB
+	inContent  = unix.IN_MODIFY | unix.IN_ATTRIB
+	inNames    = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_MOVED_TO
+	inGone     = unix.IN_DELETE | unix.IN_MOVED_FROM
 )
 
 // watcher watches SOURCE's kept folders with one fanotify group or inotify
@@ -244,6 +247,10 @@ func (w *watcher) close() {
 	}
 }
 
+// batchWindow is how long the reader lets events gather before it reads
+// them: a share of the latency target (10 ms), for far fewer wake-ups.
+const batchWindow = time.Millisecond
+
 // run reads batches of events; each batch is sent to the kernel with one
 // notification per entry and node, however many events it holds (a write
 // of a large file is many FAN_MODIFY).
@@ -259,6 +266,10 @@ func (w *watcher) run(root *node) {
 		if fds[1].Revents != 0 {
 			return
 		}
+		// Events that come in a burst (a write is a FAN_MODIFY each)
+		// are read and sent as one batch, and the kernel merges those of
+		// one file meanwhile: one wake-up per burst, not per write.
+		time.Sleep(batchWindow)
 		n, err := unix.Read(w.fd, buf)
 		if err == unix.EAGAIN || err == unix.EINTR {
 			continue
@@ -299,16 +310,19 @@ func (b batch) of(n *node) *changes {
 }
 
 // note records one event of folder n on name ("" or ".": n itself);
-// names says whether it is one of a name made, removed or renamed, gone
-// whether that name was removed or renamed away.
-func (b batch) note(n *node, name string, names, gone bool) {
+// names says whether it is (also: fanotify merges the events of one file
+// queued together) one of a name made, removed or renamed, gone whether
+// that name was removed or renamed away, content whether the file changed.
+func (b batch) note(n *node, name string, names, gone, content bool) {
 	c := b.of(n)
 	switch {
-	case names:
-		c.names[name] = gone
 	case name == "" || name == ".":
 		c.self = true
-	default:
+		return
+	case names:
+		c.names[name] = gone
+	}
+	if content {
 		c.content[name] = true
 	}
 }
@@ -339,7 +353,7 @@ func (w *watcher) parseInotify(buf []byte, b batch) {
 			continue
 		}
 		if n := w.folder(wdKey(wd)); n != nil {
-			b.note(n, name, mask&inNames != 0, mask&inGone != 0)
+			b.note(n, name, mask&inNames != 0, mask&inGone != 0, mask&inContent != 0)
 		}
 	}
 }
@@ -409,7 +423,7 @@ func (w *watcher) noteFid(info []byte, mask uint64, b batch) {
 		if typ == unix.FAN_EVENT_INFO_TYPE_DFID_NAME {
 			name = cString(rec[16+hlen:])
 		}
-		b.note(n, name, mask&fanNames != 0, mask&fanGone != 0)
+		b.note(n, name, mask&fanNames != 0, mask&fanGone != 0, mask&fanContent != 0)
 	}
 }
 
@@ -454,9 +468,8 @@ func (c *changes) send(n *node) int {
 		sent++
 	}
 	for name := range c.content {
-		if _, named := c.names[name]; named {
-			continue
-		}
+		// Even a name made in this batch: the kernel may have looked it
+		// up, and read the file, before the batch was read.
 		if child := n.GetChild(name); child != nil {
 			child.NotifyContent(0, 0)
 			sent++
