@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"mirrorfs/fs"
 )
 
 // Config is a parsed command line.
@@ -16,7 +18,8 @@ type Config struct {
 	ReadOnly      bool
 	AllowOther    bool
 	NoPassthrough bool
-	AutoRemount   bool // remount after an aborted connection
+	Watch         string // watch=: auto, fanotify, inotify or off ("": auto)
+	AutoRemount   bool   // remount after an aborted connection
 	FsName        string
 	KernelFlags   []string // nodev, nosuid, noexec and their opposites, passed to mount(2)
 
@@ -156,6 +159,8 @@ var kernelMountFlags = map[string]bool{
 	"nodev": true, "dev": true, "nosuid": true, "suid": true, "noexec": true, "exec": true,
 }
 
+var watchModes = map[string]bool{fs.WatchAuto: true, fs.WatchFanotify: true, fs.WatchInotify: true, fs.WatchOff: true}
+
 func (c *Config) setMountOptions(list string) error {
 	for _, opt := range strings.Split(list, ",") {
 		if err := c.setMountOption(opt); err != nil {
@@ -178,6 +183,8 @@ func (c *Config) setMountOption(opt string) error {
 		c.NoPassthrough = true
 	case opt == "auto_remount":
 		c.AutoRemount = true
+	case key == "watch" && watchModes[value]:
+		c.Watch = value
 	case key == "fsname" && value != "":
 		c.FsName = value
 	case key == "pidfile" && value != "":

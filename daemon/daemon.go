@@ -149,7 +149,7 @@ func (d *daemon) ready(rep *reporter) {
 	d.state = State{Pid: os.Getpid(), Source: cfg.Source, Mountpoint: cfg.Mountpoint, Config: cfg.ConfigFile, Started: time.Now().UTC()}
 	d.writeState()
 	d.log.Info("ready", "source", cfg.Source, "mountpoint", cfg.Mountpoint, "passthrough", d.mirror.Passthrough(),
-		"policy", describe(d.policy))
+		"watch", d.mirror.Watch(), "policy", describe(d.policy))
 	rep.ready(fmt.Sprintf("mirrorfs: mounted %s at %s (pid %d, log %s, passthrough %s)",
 		cfg.Source, cfg.Mountpoint, os.Getpid(), d.logName(), d.mirror.Passthrough()))
 	sd.SdNotify(false, sd.SdNotifyReady)

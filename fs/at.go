@@ -224,6 +224,7 @@ func (n *node) acquire() (*dirRef, syscall.Errno) {
 		n.m.kept.Add(-1)
 		return n.acquire()
 	}
+	n.m.watch.add(n, fd)
 	return r, 0
 }
 
@@ -273,6 +274,7 @@ var _ = (gofs.NodeOnForgetter)((*node)(nil))
 func (n *node) OnForget() {
 	if r := n.kept.Swap(nil); r != nil {
 		n.m.kept.Add(-1)
+		n.m.watch.remove(n, r.fd) // while r.fd is still open
 		r.release()
 	}
 }

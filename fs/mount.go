@@ -27,6 +27,7 @@ type Options struct {
 	Debug         bool
 	KernelFlags   []string       // nodev, nosuid, noexec, ...
 	Policy        *policy.Policy // nil: policy.Default
+	Watch         string         // WatchAuto ("" too), WatchFanotify, WatchInotify or WatchOff
 	Log           *slog.Logger
 }
 
@@ -47,6 +48,7 @@ type Mirror struct {
 	done       chan struct{} // closed once the session ended and SOURCE is let go
 	devMu      sync.Mutex    // guards dev: a reload may write to it while the session ends
 	dev        int           // a copy of the session's /dev/fuse descriptor, for incEpoch; -1: none
+	watching   string        // which watcher runs (watch.go)
 }
 
 // Passthrough is the passthrough state: "on", "off (why)" or "unknown (why)".
@@ -67,6 +69,12 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 		return nil, err
 	}
 	root.m.readOnly = o.ReadOnly
+	w, watching, err := newWatcher(o.Watch, o.Log)
+	if err != nil {
+		unix.Close(root.m.rootFd)
+		return nil, err
+	}
+	root.m.watch = w
 	root.m.calls.log = o.Log
 	b := &backing{disabled: o.NoPassthrough, log: o.Log, calls: root.m.registrar()}
 	opts := o.gofsOptions(b)
@@ -84,11 +92,13 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 		// open, and a request would act on that file instead.
 		if ended {
 			unix.Close(root.m.rootFd)
+			w.close()
 		}
 		return nil, err
 	}
-	m.backing, m.root, m.log = b, root, o.Log
+	m.backing, m.root, m.log, m.watching = b, root, o.Log, watching
 	m.done = make(chan struct{})
+	w.start(root) // before serveEnded, which stops it
 	go m.serveEnded()
 	if m.entry, err = m.findEntry(); err != nil {
 		m.Stop(time.Second)
@@ -212,6 +222,7 @@ func newRoot(source string, pol *policy.Policy) (*node, error) {
 // tells Done. It is the one place where the end of a session is handled.
 func (m *Mirror) serveEnded() {
 	m.srv.Wait()
+	m.root.m.watch.stop()
 	unix.Close(m.root.m.rootFd)
 	m.devMu.Lock()
 	if m.dev >= 0 {

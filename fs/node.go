@@ -28,6 +28,7 @@ type shared struct {
 	kept      atomic.Int32 // folders keeping a descriptor (at.go)
 	umasks    umaskTable   // the umask of each request making an entry (umask.go)
 	localDevs sync.Map     // device → whether on a localFs (loopback.go)
+	watch     *watcher     // tells the kernel of changes on SOURCE (watch.go); nil: none
 }
 
 // node is one file or directory of the mirror: the loopback (loopback.go),
@@ -183,6 +184,7 @@ func (n *node) listingFlags(p *policy.Policy) uint32 {
 	now := time.Now().UnixNano()
 	switch l := n.listed.Load(); {
 	case l == nil:
+		n.watchListing()
 		n.listed.Store(&listing{filled: now, path: at}) // this open fills the kept listing
 	case now-l.filled > int64(ttl) || l.path != at:
 		n.listed.Store(nil) // this open drops it; the next fills a new one

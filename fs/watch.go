@@ -1,0 +1,506 @@
+package fs
+
+import (
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
+)
+
+// The kernel caches what the mirror tells it (names, attributes, data,
+// listings) for the cache timeouts, and knows nothing of a change made on
+// SOURCE directly. The watcher watches each folder the mirror keeps a
+// descriptor of (at.go: the root and every folder the kernel knows), and
+// tells the kernel at once what changed underneath: a name made, removed or
+// renamed drops that entry and the folder's listing; a file written or
+// changed drops its attributes and cached data (which is also what makes a
+// shared mmap of it and a held descriptor see the change).
+//
+// fanotify tells whose change it is: the process that made it. Changes the
+// daemon makes itself are skipped, the kernel already knows them. inotify,
+// the fallback, cannot tell: it sends a notification for the daemon's own
+// changes too, which costs a round trip and a fresh GETATTR, never a wrong
+// answer. Notifications go out from the watcher's own goroutine, never from
+// within a request (the kernel may wait for that request to end first).
+
+// Watch modes (-o watch=).
+const (
+	WatchAuto     = "auto" // fanotify, else inotify
+	WatchFanotify = "fanotify"
+	WatchInotify  = "inotify"
+	WatchOff      = "off" // the cache timeouts alone
+)
+
+// What a watched folder is asked to report. Not FAN_CLOSE_WRITE: every
+// write is a FAN_MODIFY already, and through passthrough the kernel closes
+// the backing file in the closing user's context, so that each close of a
+// file written through the mirror would come back as a change on SOURCE.
+// (A writer through mmap on SOURCE reports nothing at all, and usually
+// closes its descriptor before it writes.)
+const (
+	fanMask = unix.FAN_CREATE | unix.FAN_DELETE | unix.FAN_MOVED_FROM | unix.FAN_MOVED_TO |
+		unix.FAN_MODIFY | unix.FAN_ATTRIB | unix.FAN_EVENT_ON_CHILD | unix.FAN_ONDIR
+	inMask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_MOVED_TO |
+		unix.IN_MODIFY | unix.IN_ATTRIB | unix.IN_ONLYDIR
+	fanNames   = unix.FAN_CREATE | unix.FAN_DELETE | unix.FAN_MOVED_FROM | unix.FAN_MOVED_TO
+	fanGone    = unix.FAN_DELETE | unix.FAN_MOVED_FROM
+	fanContent = unix.FAN_MODIFY | unix.FAN_ATTRIB
+	inContent  = unix.IN_MODIFY | unix.IN_ATTRIB
+	inNames    = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_MOVED_TO
+	inGone     = unix.IN_DELETE | unix.IN_MOVED_FROM
+)
+
+// watcher watches SOURCE's kept folders with one fanotify group or inotify
+// instance, fd; nil watches nothing.
+type watcher struct {
+	kind string // WatchFanotify or WatchInotify
+	fd   int
+	wake int // an eventfd: written to stop the reader
+	log  *slog.Logger
+	self int32 // the daemon's pid: its own changes are skipped
+	done chan struct{}
+
+	mu      sync.Mutex
+	folders map[string]*node // watch key (fid or wd) -> folder
+	keys    map[*node]string
+	refused bool // a mark was refused (limits): logged once
+	sent    int  // notifications sent, for the debug log and tests
+}
+
+// newWatcher opens the watcher mode asks for; it returns nil (and why)
+// when none runs. A mode named explicitly that cannot run is an error.
+func newWatcher(mode string, log *slog.Logger) (*watcher, string, error) {
+	if mode == WatchOff {
+		return nil, "off", nil
+	}
+	w := &watcher{log: log, self: int32(os.Getpid()), done: make(chan struct{}),
+		folders: map[string]*node{}, keys: map[*node]string{}}
+	var errF, errI error
+	if mode == "" || mode == WatchAuto || mode == WatchFanotify {
+		// Inode marks with file handles: open to users who are not root
+		// (Linux 5.13), and the pid of another's change is hidden from
+		// them, not the daemon's own.
+		w.kind = WatchFanotify
+		w.fd, errF = unix.FanotifyInit(unix.FAN_CLASS_NOTIF|unix.FAN_REPORT_DFID_NAME|unix.FAN_CLOEXEC|unix.FAN_NONBLOCK, unix.O_RDONLY)
+		if errF == nil || mode == WatchFanotify {
+			return w.open(errF)
+		}
+	}
+	w.kind = WatchInotify
+	w.fd, errI = unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if errI != nil && mode == WatchInotify {
+		return w.open(errI)
+	}
+	if errI != nil {
+		return nil, fmt.Sprintf("off (fanotify: %v; inotify: %v)", errF, errI), nil
+	}
+	w, _, err := w.open(nil)
+	if err != nil || errF == nil {
+		return w, w.kind, err
+	}
+	return w, fmt.Sprintf("inotify (fanotify: %v)", errF), nil
+}
+
+// open finishes a watcher whose kernel object was made with error err.
+func (w *watcher) open(err error) (*watcher, string, error) {
+	if err != nil {
+		return nil, "", fmt.Errorf("watch=%s: %w", w.kind, err)
+	}
+	w.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(w.fd)
+		return nil, "", fmt.Errorf("watch=%s: eventfd: %w", w.kind, err)
+	}
+	return w, w.kind, nil
+}
+
+// add watches the folder n keeps the descriptor fd (O_PATH) of. A mark
+// refused (the limits of /proc/sys/fs/{fanotify,inotify}) leaves the folder
+// to the cache timeouts.
+func (w *watcher) add(n *node, fd int) {
+	if w == nil {
+		return
+	}
+	key, err := w.mark(fd)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err != nil {
+		if !w.refused {
+			w.refused = true
+			w.log.Warn("watch: a folder is not watched; changes on SOURCE show there after the cache timeouts",
+				"watch", w.kind, "err", err)
+		}
+		return
+	}
+	if old, ok := w.keys[n]; ok && old != key {
+		delete(w.folders, old)
+	}
+	w.folders[key], w.keys[n] = n, key
+}
+
+// mark watches the folder at fd and returns the key its events carry.
+// fanotify is given the descriptor and ".", not a path resolved again (an
+// O_PATH descriptor without a path is refused); inotify only takes a path,
+// /proc's link to the descriptor itself.
+func (w *watcher) mark(fd int) (string, error) {
+	if w.kind == WatchInotify {
+		wd, err := unix.InotifyAddWatch(w.fd, fmt.Sprintf("/proc/self/fd/%d", fd), inMask)
+		return wdKey(int32(wd)), err
+	}
+	key, err := fidKey(fd)
+	if err != nil {
+		return "", err
+	}
+	return key, unix.FanotifyMark(w.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_INODE, fanMask, fd, ".")
+}
+
+// watchListing watches n's folder before the kernel keeps its listing: a
+// folder only listed keeps no descriptor of its own (acquire) until a
+// lookup in it, and would not be watched.
+func (n *node) watchListing() {
+	if n.m.watch == nil {
+		return
+	}
+	if r, errno := n.acquire(); errno == 0 {
+		r.release()
+	}
+}
+
+// remove stops watching n's folder, whose descriptor fd is still open.
+func (w *watcher) remove(n *node, fd int) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	key, ok := w.keys[n]
+	delete(w.keys, n)
+	if ok && w.folders[key] == n {
+		delete(w.folders, key)
+	} else {
+		ok = false // another node holds the folder's watch now
+	}
+	w.mu.Unlock()
+	if !ok {
+		return
+	}
+	if w.kind == WatchInotify {
+		unix.InotifyRmWatch(w.fd, uint32(binary.LittleEndian.Uint32([]byte(key))))
+		return
+	}
+	unix.FanotifyMark(w.fd, unix.FAN_MARK_REMOVE|unix.FAN_MARK_INODE, fanMask, fd, ".")
+}
+
+func wdKey(wd int32) string {
+	return string(binary.LittleEndian.AppendUint32(nil, uint32(wd)))
+}
+
+// fidKey is the folder's fsid and file handle, as fanotify reports them.
+func fidKey(fd int) (string, error) {
+	var s unix.Statfs_t
+	if err := unix.Fstatfs(fd, &s); err != nil {
+		return "", err
+	}
+	h, _, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+	if err != nil {
+		return "", err
+	}
+	return fidBytes(s.Fsid.Val, h.Type(), h.Bytes()), nil
+}
+
+func fidBytes(fsid [2]int32, typ int32, handle []byte) string {
+	b := make([]byte, 0, 12+len(handle))
+	b = binary.LittleEndian.AppendUint32(b, uint32(fsid[0]))
+	b = binary.LittleEndian.AppendUint32(b, uint32(fsid[1]))
+	b = binary.LittleEndian.AppendUint32(b, uint32(typ))
+	return string(append(b, handle...))
+}
+
+// start reads events until stop; root is the mirror's root, watched first.
+func (w *watcher) start(root *node) {
+	if w == nil {
+		return
+	}
+	w.add(root, root.m.rootFd)
+	go w.run(root)
+}
+
+// stop ends the reader and closes the watch; every mark goes with it.
+func (w *watcher) stop() {
+	if w == nil {
+		return
+	}
+	unix.Write(w.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	<-w.done
+	w.close()
+}
+
+// close closes a watch whose reader does not run.
+func (w *watcher) close() {
+	if w != nil {
+		unix.Close(w.fd)
+		unix.Close(w.wake)
+	}
+}
+
+// batchWindow is how long the reader lets events gather before it reads
+// them: a share of the latency target (10 ms), for far fewer wake-ups.
+const batchWindow = time.Millisecond
+
+// run reads batches of events; each batch is sent to the kernel with one
+// notification per entry and node, however many events it holds (a write
+// of a large file is many FAN_MODIFY).
+func (w *watcher) run(root *node) {
+	defer close(w.done)
+	buf := make([]byte, 64<<10)
+	fds := []unix.PollFd{{Fd: int32(w.fd), Events: unix.POLLIN}, {Fd: int32(w.wake), Events: unix.POLLIN}}
+	for {
+		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+			w.log.Error("watch: poll", "err", err)
+			return
+		}
+		if fds[1].Revents != 0 {
+			return
+		}
+		// Events that come in a burst (a write is a FAN_MODIFY each)
+		// are read and sent as one batch, and the kernel merges those of
+		// one file meanwhile: one wake-up per burst, not per write.
+		time.Sleep(batchWindow)
+		n, err := unix.Read(w.fd, buf)
+		if err == unix.EAGAIN || err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			w.log.Error("watch: read", "err", err)
+			return
+		}
+		b := batch{}
+		if w.kind == WatchInotify {
+			w.parseInotify(buf[:n], b)
+		} else {
+			w.parseFanotify(buf[:n], b)
+		}
+		w.send(root, b)
+	}
+}
+
+// batch is what a read of events changed, by folder.
+type batch map[*node]*changes
+
+// changes of one folder: its entries (true: the name is gone), its
+// children's contents, and the folder itself. The nil folder: events were
+// lost.
+type changes struct {
+	names   map[string]bool
+	content map[string]bool
+	self    bool
+}
+
+func (b batch) of(n *node) *changes {
+	c := b[n]
+	if c == nil {
+		c = &changes{names: map[string]bool{}, content: map[string]bool{}}
+		b[n] = c
+	}
+	return c
+}
+
+// note records one event of folder n on name ("" or ".": n itself);
+// names says whether it is (also: fanotify merges the events of one file
+// queued together) one of a name made, removed or renamed, gone whether
+// that name was removed or renamed away, content whether the file changed.
+func (b batch) note(n *node, name string, names, gone, content bool) {
+	c := b.of(n)
+	switch {
+	case name == "" || name == ".":
+		c.self = true
+		return
+	case names:
+		c.names[name] = gone
+	}
+	if content {
+		c.content[name] = true
+	}
+}
+
+func (w *watcher) folder(key string) *node {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.folders[key]
+}
+
+// parseInotify notes each inotify event of buf in b.
+func (w *watcher) parseInotify(buf []byte, b batch) {
+	for len(buf) >= unix.SizeofInotifyEvent {
+		wd := int32(binary.NativeEndian.Uint32(buf[0:]))
+		mask := binary.NativeEndian.Uint32(buf[4:])
+		size := unix.SizeofInotifyEvent + int(binary.NativeEndian.Uint32(buf[12:]))
+		if size > len(buf) {
+			return
+		}
+		name := cString(buf[unix.SizeofInotifyEvent:size])
+		buf = buf[size:]
+		if mask&unix.IN_Q_OVERFLOW != 0 {
+			b[nil] = nil // everything may have changed
+			continue
+		}
+		if mask&unix.IN_IGNORED != 0 {
+			w.forget(wdKey(wd))
+			continue
+		}
+		if n := w.folder(wdKey(wd)); n != nil {
+			b.note(n, name, mask&inNames != 0, mask&inGone != 0, mask&inContent != 0)
+		}
+	}
+}
+
+// forget drops a watch the kernel removed (its folder is gone).
+func (w *watcher) forget(key string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if n := w.folders[key]; n != nil {
+		delete(w.folders, key)
+		delete(w.keys, n)
+	}
+}
+
+// fanotify's event metadata and info record header, as the kernel lays
+// them out.
+const (
+	fanMetaLen       = 24
+	fanInfoHeaderLen = 4
+)
+
+// parseFanotify notes each fanotify event of buf in b, except the
+// daemon's own.
+func (w *watcher) parseFanotify(buf []byte, b batch) {
+	for len(buf) >= fanMetaLen {
+		size := int(binary.NativeEndian.Uint32(buf[0:]))
+		metaLen := int(binary.NativeEndian.Uint16(buf[6:]))
+		if size < fanMetaLen || size > len(buf) || metaLen > size {
+			return
+		}
+		mask := binary.NativeEndian.Uint64(buf[8:])
+		pid := int32(binary.NativeEndian.Uint32(buf[20:]))
+		info := buf[metaLen:size]
+		buf = buf[size:]
+		switch {
+		case mask&unix.FAN_Q_OVERFLOW != 0:
+			b[nil] = nil
+		case pid != w.self:
+			w.noteFid(info, mask, b)
+		}
+	}
+}
+
+// noteFid notes the event whose info records are info.
+func (w *watcher) noteFid(info []byte, mask uint64, b batch) {
+	for len(info) >= fanInfoHeaderLen {
+		typ, size := info[0], int(binary.NativeEndian.Uint16(info[2:]))
+		if size < fanInfoHeaderLen || size > len(info) {
+			return
+		}
+		rec := info[fanInfoHeaderLen:size]
+		info = info[size:]
+		if typ != unix.FAN_EVENT_INFO_TYPE_DFID_NAME && typ != unix.FAN_EVENT_INFO_TYPE_DFID || len(rec) < 16 {
+			continue
+		}
+		fsid := [2]int32{int32(binary.NativeEndian.Uint32(rec[0:])), int32(binary.NativeEndian.Uint32(rec[4:]))}
+		hlen := int(binary.NativeEndian.Uint32(rec[8:]))
+		htype := int32(binary.NativeEndian.Uint32(rec[12:]))
+		if 16+hlen > len(rec) {
+			continue
+		}
+		n := w.folder(fidBytes(fsid, htype, rec[16:16+hlen]))
+		if n == nil {
+			continue
+		}
+		var name string
+		if typ == unix.FAN_EVENT_INFO_TYPE_DFID_NAME {
+			name = cString(rec[16+hlen:])
+		}
+		b.note(n, name, mask&fanNames != 0, mask&fanGone != 0, mask&fanContent != 0)
+	}
+}
+
+func cString(b []byte) string {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}
+
+// send tells the kernel what b changed.
+func (w *watcher) send(root *node, b batch) {
+	sent := 0
+	if _, lost := b[nil]; lost {
+		sent += dropAll(root.EmbeddedInode())
+		delete(b, nil)
+	}
+	for n, c := range b {
+		sent += c.send(n)
+	}
+	if sent == 0 {
+		return
+	}
+	w.mu.Lock()
+	w.sent += sent
+	total := w.sent
+	w.mu.Unlock()
+	w.log.Debug("watch: changes on SOURCE sent to the kernel", "notifications", sent, "total", total)
+}
+
+// send tells the kernel what changed in folder n; it returns how many
+// notifications that took.
+func (c *changes) send(n *node) int {
+	sent := 0
+	for name, gone := range c.names {
+		child := n.GetChild(name)
+		if !gone || child == nil || n.NotifyDelete(name, child) != 0 {
+			n.NotifyEntry(name)
+		}
+		sent++
+	}
+	for name := range c.content {
+		// Even a name made in this batch: the kernel may have looked it
+		// up, and read the file, before the batch was read.
+		if child := n.GetChild(name); child != nil {
+			child.NotifyContent(0, 0)
+			sent++
+		}
+	}
+	if len(c.names) > 0 || c.self {
+		// The kept listing goes with the folder's attributes (listingFlags).
+		n.listed.Store(nil)
+		n.NotifyContent(0, 0)
+		sent++
+	}
+	return sent
+}
+
+// dropAll drops everything the kernel caches of dir and below it, when
+// events were lost.
+func dropAll(dir *gofs.Inode) int {
+	sent := 1
+	dir.NotifyContent(0, 0)
+	if n, ok := dir.Operations().(*node); ok {
+		n.listed.Store(nil)
+	}
+	for name, child := range dir.Children() {
+		dir.NotifyEntry(name)
+		sent++
+		if child.IsDir() {
+			sent += dropAll(child)
+		}
+	}
+	return sent
+}
+
+// Watch says which watcher runs: "fanotify", "inotify", or "off" (and why).
+func (m *Mirror) Watch() string { return m.watching }
