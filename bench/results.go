@@ -20,7 +20,9 @@ type results struct {
 	failed map[string][]string // by target: what went wrong, in order
 }
 
-func newResults() *results { return &results{rows: map[string]*metric{}, failed: map[string][]string{}} }
+func newResults() *results {
+	return &results{rows: map[string]*metric{}, failed: map[string][]string{}}
+}
 
 // fail notes what went wrong on a target; the run goes on without it.
 func (r *results) fail(target string, err error) {
