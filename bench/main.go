@@ -22,6 +22,7 @@ var (
 	mirrorfs = flag.String("mirrorfs", "./mirrorfs", "the mirrorfs binary")
 	work     = flag.String("dir", "/var/tmp/mirrorfs-bench", "scratch folder on a disk file system")
 	only     = flag.String("only", "", "run only the workloads whose name contains this")
+	changes  = flag.Int("changes", 30, "source changes timed per target and round")
 	files    = flag.Int("files", 0, "with "+cycleEnv+" set: files in the metadata cycle to run")
 )
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 )
@@ -14,11 +15,20 @@ type metric struct {
 }
 
 type results struct {
-	order []string
-	rows  map[string]*metric
+	order  []string
+	rows   map[string]*metric
+	failed map[string][]string // by target: what went wrong, in order
 }
 
-func newResults() *results { return &results{rows: map[string]*metric{}} }
+func newResults() *results {
+	return &results{rows: map[string]*metric{}, failed: map[string][]string{}}
+}
+
+// fail notes what went wrong on a target; the run goes on without it.
+func (r *results) fail(target string, err error) {
+	fmt.Fprintf(os.Stderr, "%s: %v\n", target, err)
+	r.failed[target] = append(r.failed[target], err.Error())
+}
 
 func (r *results) add(name, unit string, lowerBetter bool, target string, v float64) {
 	m, ok := r.rows[name]
@@ -96,5 +106,15 @@ func (r *results) markdown(targets []string, machine string) string {
 		}
 		b.WriteString("\n")
 	}
+	for _, t := range targets {
+		if errs := r.failed[t]; len(errs) > 0 {
+			fmt.Fprintf(&b, "\n%s: %d failure(s), its figures missing there; the first: %s\n", t, len(errs), firstLine(errs[0]))
+		}
+	}
 	return b.String()
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
 }

@@ -93,7 +93,8 @@ func (s *setup) mountAll(kind, src string, order []target, res *results) ([]moun
 		began := time.Now()
 		pid, err := t.start(src, mnt, safe(t.name)+"-"+kind)
 		if err != nil {
-			return mounts, err
+			res.fail(t.name, err) // the other targets still count
+			continue
 		}
 		if kind == "ext4" {
 			res.add("start to ready", "ms", true, t.name, ms(time.Since(began)))
@@ -134,7 +135,7 @@ func (s *setup) round(r int, res *results) error {
 		}
 		for _, m := range mounts {
 			if err := w.run(m, res); err != nil {
-				return fmt.Errorf("%s on %s: %w", w.name, m.t.name, err)
+				res.fail(m.t.name, fmt.Errorf("%s: %w", w.name, err))
 			}
 		}
 	}
@@ -144,7 +145,8 @@ func (s *setup) round(r int, res *results) error {
 		}
 		took, err := m.stop()
 		if err != nil {
-			return err
+			res.fail(m.t.name, err)
+			continue
 		}
 		if m.pid != 0 {
 			res.add("SIGTERM to gone, idle", "ms", true, m.t.name, ms(took))
@@ -152,7 +154,7 @@ func (s *setup) round(r int, res *results) error {
 	}
 	for _, m := range tmpfs {
 		if err := stopWithOpenFiles(m, res); err != nil {
-			return err
+			res.fail(m.t.name, err)
 		}
 	}
 	return nil

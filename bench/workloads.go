@@ -1,16 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 type workload struct {
@@ -61,6 +66,9 @@ func (s *setup) workloads() []workload {
 		{name: "metadata tmpfs, another user", tmpfs: true, run: func(m mount, res *results) error {
 			return metadataAsUser(m, res, "metadata, tmpfs source, as a user not root", z.files)
 		}},
+		{name: "source change", tmpfs: true, run: func(m mount, res *results) error {
+			return sourceChange(m, res, filepath.Join(s.tmpfs, "change.dat"), *changes)
+		}},
 		{name: "find + stat", run: func(m mount, res *results) error {
 			dropCaches()
 			dir := filepath.Join(m.dir, "tree")
@@ -69,6 +77,78 @@ func (s *setup) workloads() []workload {
 			return nil
 		}},
 	}
+}
+
+// sourceChange times how long a change made directly on SOURCE takes to
+// show through the target, n times: a new size and new bytes written to the
+// source file while the target has the old ones cached, then a stat and a
+// read through the target until both show the new. The plain folder is its
+// own source: nothing to measure, its column stays empty.
+func sourceChange(m mount, res *results, src string, n int) error {
+	if m.pid == 0 {
+		return nil
+	}
+	through := filepath.Join(m.dir, filepath.Base(src))
+	var took []float64
+	for i := 0; i <= n; i++ {
+		data := bytes.Repeat([]byte{byte('a' + i%26)}, 100+50*(i%2))
+		if err := os.WriteFile(src, data, 0o644); err != nil {
+			return err
+		}
+		began := time.Now()
+		if err := showsWithin(through, data, 10*time.Second); err != nil {
+			return err
+		}
+		if i > 0 { // the first makes the name known; then it is cached
+			took = append(took, ms(time.Since(began)))
+		}
+	}
+	const row = "source change → visible through the mirror"
+	res.add(row+", p50", "ms", true, m.t.name, percentile(took, 0.50))
+	res.add(row+", p99", "ms", true, m.t.name, percentile(took, 0.99))
+	return nil
+}
+
+// showsWithin polls path until a stat gives the size of data and a read
+// gives data. Neither asks for the atime: a read marks it stale, and a stat
+// asking for it (os.Stat, os.ReadFile's fstat) makes the kernel fetch every
+// attribute afresh, a coherence of the probe's own making.
+func showsWithin(path string, data []byte, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		var st unix.Statx_t
+		if unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_SIZE, &st) == nil && st.Size == uint64(len(data)) {
+			if b, err := readNoStat(path, len(data)+1); err == nil && bytes.Equal(b, data) {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: a change on the source not seen after %v", path, limit)
+		}
+		time.Sleep(20 * time.Microsecond)
+	}
+}
+
+// readNoStat reads up to limit bytes of path through a new descriptor.
+func readNoStat(path string, limit int) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	b := make([]byte, limit)
+	n, err := unix.Read(fd, b)
+	return b[:max(n, 0)], err
+}
+
+// percentile is the nearest-rank p-quantile of vs.
+func percentile(vs []float64, p float64) float64 {
+	if len(vs) == 0 {
+		return 0
+	}
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	return s[max(0, int(math.Ceil(p*float64(len(s))))-1)]
 }
 
 type fioResult struct {

@@ -24,11 +24,15 @@ import (
 // depend on how workers interleave; the daemon still serves them all at
 // once.
 
-func diffOps() int {
+func diffOps() int { return opsFromEnv(2000) }
+
+// opsFromEnv is MIRRORFS_DIFF_OPS, the operations per worker of the
+// differential tests (make torture raises it), or def.
+func opsFromEnv(def int) int {
 	if n, err := strconv.Atoi(os.Getenv("MIRRORFS_DIFF_OPS")); err == nil && n > 0 {
 		return n
 	}
-	return 2000
+	return def
 }
 
 func diffSeed(t *testing.T) uint64 {
@@ -526,21 +530,28 @@ func clearSetIDAsPassthrough(fd int) {
 	}
 }
 
-// shrink finds a short subsequence of ops that still shows a mismatch
-// (delta debugging, bounded), replaying it sequentially.
+// shrink finds a short subsequence of ops that still shows a mismatch,
+// replaying it sequentially.
 func shrink(plainRoot, mirrorRoot string, uid int, passthrough bool, ops []op) []op {
 	tries := 0
-	fails := func(candidate []op) bool {
+	return shrinkOps(ops, 400, func(candidate []op) bool {
 		tries++
 		return replay(plainRoot, mirrorRoot, fmt.Sprintf("min%d", tries), uid, passthrough, candidate) != nil
-	}
+	})
+}
+
+// shrinkOps finds a short subsequence of ops for which fails still holds
+// (delta debugging), calling fails at most tries times; nil if ops alone do
+// not fail.
+func shrinkOps[T any](ops []T, tries int, fails func([]T) bool) []T {
 	if !fails(ops) {
 		return nil // needs the concurrency to show
 	}
-	for chunk := len(ops) / 2; chunk >= 1 && tries < 400; {
+	for chunk := len(ops) / 2; chunk >= 1 && tries > 1; {
 		removed := false
-		for start := 0; start+chunk <= len(ops) && tries < 400; start += chunk {
-			candidate := append(append([]op(nil), ops[:start]...), ops[start+chunk:]...)
+		for start := 0; start+chunk <= len(ops) && tries > 1; start += chunk {
+			candidate := append(append([]T(nil), ops[:start]...), ops[start+chunk:]...)
+			tries--
 			if fails(candidate) {
 				ops, removed = candidate, true
 				break
