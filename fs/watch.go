@@ -472,7 +472,7 @@ func (c *changes) send(n *node) int {
 		// up, and read the file, before the batch was read.
 		if child := n.GetChild(name); child != nil {
 			child.NotifyContent(0, 0)
-			sent++
+			sent += child.Operations().(*node).storeSize()
 		}
 	}
 	if len(c.names) > 0 || c.self {
@@ -482,6 +482,38 @@ func (c *changes) send(n *node) int {
 		sent++
 	}
 	return sent
+}
+
+// storeSize gives the kernel the size of n's file, if it is open: a
+// shared map of it reaches only as far as the size the kernel holds, and a
+// page fault never asks for attributes, so a file grown on SOURCE would
+// stay cut short in every map (SIGBUS past the old end) until something
+// stats it. Storing the file's last byte in the kernel's cache is the one
+// notification that also sets the size. It is read from a descriptor the
+// mirror already holds, reopened for reading; a file closed everywhere
+// needs nothing (the next open asks for attributes). It returns how many
+// notifications that took, counting the invalidation before it.
+func (n *node) storeSize() int {
+	l, errno := n.openLoc()
+	if errno != 0 {
+		return 1
+	}
+	defer l.done()
+	fd, err := unix.Open(l.proc(), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return 1
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size == 0 {
+		return 1
+	}
+	last := make([]byte, 1)
+	if got, err := unix.Pread(fd, last, st.Size-1); err != nil || got != 1 {
+		return 1
+	}
+	n.WriteCache(st.Size-1, last)
+	return 2
 }
 
 // dropAll drops everything the kernel caches of dir and below it, when
