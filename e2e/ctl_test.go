@@ -134,4 +134,3 @@ func TestCtlRefusedStartLeavesLogAlone(t *testing.T) {
 	}
 	e.stopWithin(e.pid(), 15*time.Second)
 }
-
