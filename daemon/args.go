@@ -47,7 +47,7 @@ var valueOptions = map[string]func(*Config, string) error{
 	"-o":                (*Config).setMountOptions,
 	"--pidfile":         func(c *Config, v string) error { c.Pidfile = v; return nil },
 	"--log":             func(c *Config, v string) error { c.Log = v; return nil },
-	"--config":          func(c *Config, v string) error { c.ConfigFile = v; return nil },
+	"--config":          func(c *Config, v string) error { c.ConfigFile = v; return nil }, // "": the default policy (a unit's unset ${CONFIG})
 	"--check-config":    func(c *Config, v string) error { c.CheckConfig = v; return nil },
 	"--ready-timeout":   durationSetter("--ready-timeout", func(c *Config) *time.Duration { return &c.ReadyTimeout }),
 	"--unmount-timeout": durationSetter("--unmount-timeout", func(c *Config) *time.Duration { return &c.UnmountTimeout }),
@@ -126,7 +126,7 @@ func (c *Config) option(arg string, rest []string) (int, error) {
 		}
 		value, used = rest[0], 1
 	}
-	if value == "" {
+	if value == "" && name != "--config" {
 		return 0, usagef("option %s needs a value", name)
 	}
 	return used, set(c, value)

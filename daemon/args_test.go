@@ -113,3 +113,14 @@ func TestBackground(t *testing.T) {
 		}
 	}
 }
+
+// TestParseArgsEmptyConfig: --config= (a unit's unset ${CONFIG}) means the
+// default policy, not a usage error.
+func TestParseArgsEmptyConfig(t *testing.T) {
+	for _, args := range [][]string{{"--config=", "a", "b"}, {"a", "b", "--config", ""}} {
+		c, err := ParseArgs(args)
+		if err != nil || c.ConfigFile != "" {
+			t.Errorf("ParseArgs(%q) = %+v, %v; want no policy file", args, c, err)
+		}
+	}
+}
