@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -105,7 +106,34 @@ func ParseArgs(args []string) (*Config, error) {
 		return nil, usagef("expected SOURCE and MOUNTPOINT, got %d argument(s)", len(positionals))
 	}
 	c.Source, c.Mountpoint = positionals[0], positionals[1]
+	c.dropHelperDefaults(args)
 	return c, nil
+}
+
+// dropHelperDefaults undoes what mount.fuse3 adds for root: it calls
+// exactly "mirrorfs SRC MNT -o LIST" and appends "dev" to LIST unless nodev
+// is in it, then "suid" unless nosuid is. Kept, they would make an fstab or
+// mount -t mirror suid and dev where a direct start is nosuid,nodev; a
+// suid or dev the operator wrote stays (mount.fuse3 keeps it, before its
+// own).
+func (c *Config) dropHelperDefaults(args []string) {
+	if len(args) != 4 || args[2] != "-o" {
+		return
+	}
+	list := strings.Split(args[3], ",")
+	has := func(o string) bool { return slices.Contains(list, o) }
+	var added []string
+	if !has("nodev") {
+		added = append(added, "dev")
+	}
+	if !has("nosuid") {
+		added = append(added, "suid")
+	}
+	n, k := len(list), len(added)
+	if k == 0 || n < k || len(c.KernelFlags) < k || !slices.Equal(list[n-k:], added) || !slices.Equal(c.KernelFlags[len(c.KernelFlags)-k:], added) {
+		return
+	}
+	c.KernelFlags = c.KernelFlags[:len(c.KernelFlags)-k]
 }
 
 // option applies one option; it returns how many following arguments it used.
