@@ -90,6 +90,7 @@ func TestCtlEnvFile(t *testing.T) {
 
 	write(fmt.Sprintf("MOUNTPOINT=%s\nOPTIONS=\"-o allow_other\"   # optional\n", e.mnt))
 	r := c.want("start", 6, `t.env:2: OPTIONS: systemd reads the value as '-o allow_other# optional'`)
+	systemdReads(t, filepath.Join(c.conf, "t.env"), "OPTIONS", "-o allow_other# optional")
 	if strings.Contains(r.stderr, "SOURCE") {
 		t.Error("went on after a refused line")
 	}
