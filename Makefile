@@ -7,7 +7,7 @@ GO      ?= go
 
 .PHONY: help
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[A-Za-z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 .PHONY: build
 build: ## build ./mirrorfs
@@ -15,13 +15,23 @@ build: ## build ./mirrorfs
 
 .PHONY: test
 # The e2e tests that run again against a daemon built with -race; a race
-# report lands in the daemon's log, which the tests check.
-RACE_TESTS := TestStopSignals|TestSIGHUPStorm|TestExternalUnmount|TestAutoRemount|TestDifferential|TestPolicyHide
+# report lands in the daemon's log, which the tests check. Each name must
+# be a test's (or a prefix of test names): `make race` fails on one that
+# matches none, so a rename cannot silently run nothing.
+RACE_TESTS ?= TestStopSignals|TestSIGHUPStorm|TestExternalUnmount|TestAutoRemount|TestDifferential|TestPolicyHide
 
 test: deps lint ## lint, unit, fuzz (briefly) and end-to-end tests (needs root and /dev/fuse)
 	$(GO) test -count=1 -timeout 15m ./...
-	MIRRORFS_RACE=1 $(GO) test -count=1 -timeout 10m -run '$(RACE_TESTS)' ./e2e/
+	$(MAKE) --no-print-directory race
 	$(MAKE) --no-print-directory fuzz FUZZTIME=30000x
+
+.PHONY: race
+race: ## the RACE_TESTS e2e tests against a daemon built with -race
+	@tests=$$($(GO) test -list . ./e2e/) || exit 1; \
+	for t in $$(echo '$(RACE_TESTS)' | tr '|' ' '); do \
+		echo "$$tests" | grep -q "^$$t" || { echo "RACE_TESTS: $$t matches no test in ./e2e/" >&2; exit 1; }; \
+	done
+	MIRRORFS_RACE=1 $(GO) test -count=1 -timeout 10m -run '^($(RACE_TESTS))' ./e2e/
 
 FUZZTIME ?= 1m
 
@@ -34,7 +44,7 @@ fuzz: ## run each fuzz target for FUZZTIME (a duration, or Nx runs; seeds: f.Add
 
 .PHONY: unit
 unit: ## unit tests only (no FUSE needed)
-	$(GO) test -count=1 ./daemon/ ./fs/ ./policy/
+	$(GO) test -count=1 ./daemon/ ./fs/ ./mounts/ ./policy/
 
 .PHONY: e2e
 e2e: ## end-to-end tests only

@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -50,7 +51,7 @@ var valueOptions = map[string]func(*Config, string) error{
 	"-o":                (*Config).setMountOptions,
 	"--pidfile":         func(c *Config, v string) error { c.Pidfile = v; return nil },
 	"--log":             func(c *Config, v string) error { c.Log = v; return nil },
-	"--config":          func(c *Config, v string) error { c.ConfigFile = v; return nil },
+	"--config":          func(c *Config, v string) error { c.ConfigFile = v; return nil }, // "": the default policy (a unit's unset ${CONFIG})
 	"--check-config":    func(c *Config, v string) error { c.CheckConfig = v; return nil },
 	"--ready-timeout":   durationSetter("--ready-timeout", func(c *Config) *time.Duration { return &c.ReadyTimeout }),
 	"--unmount-timeout": durationSetter("--unmount-timeout", func(c *Config) *time.Duration { return &c.UnmountTimeout }),
@@ -108,7 +109,34 @@ func ParseArgs(args []string) (*Config, error) {
 		return nil, usagef("expected SOURCE and MOUNTPOINT, got %d argument(s)", len(positionals))
 	}
 	c.Source, c.Mountpoint = positionals[0], positionals[1]
+	c.dropHelperDefaults(args)
 	return c, nil
+}
+
+// dropHelperDefaults undoes what mount.fuse3 adds for root: it calls
+// exactly "mirrorfs SRC MNT -o LIST" and appends "dev" to LIST unless nodev
+// is in it, then "suid" unless nosuid is. Kept, they would make an fstab or
+// mount -t mirror suid and dev where a direct start is nosuid,nodev; a
+// suid or dev the operator wrote stays (mount.fuse3 keeps it, before its
+// own).
+func (c *Config) dropHelperDefaults(args []string) {
+	if len(args) != 4 || args[2] != "-o" {
+		return
+	}
+	list := strings.Split(args[3], ",")
+	has := func(o string) bool { return slices.Contains(list, o) }
+	var added []string
+	if !has("nodev") {
+		added = append(added, "dev")
+	}
+	if !has("nosuid") {
+		added = append(added, "suid")
+	}
+	n, k := len(list), len(added)
+	if k == 0 || n < k || len(c.KernelFlags) < k || !slices.Equal(list[n-k:], added) || !slices.Equal(c.KernelFlags[len(c.KernelFlags)-k:], added) {
+		return
+	}
+	c.KernelFlags = c.KernelFlags[:len(c.KernelFlags)-k]
 }
 
 // option applies one option; it returns how many following arguments it used.
@@ -129,7 +157,7 @@ func (c *Config) option(arg string, rest []string) (int, error) {
 		}
 		value, used = rest[0], 1
 	}
-	if value == "" {
+	if value == "" && name != "--config" {
 		return 0, usagef("option %s needs a value", name)
 	}
 	return used, set(c, value)

@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -111,5 +112,40 @@ func TestBackground(t *testing.T) {
 		if c.Background() != tt.want {
 			t.Errorf("Background(%q) = %v, want %v", tt.args, c.Background(), tt.want)
 		}
+	}
+}
+
+// TestParseArgsEmptyConfig: --config= (a unit's unset ${CONFIG}) means the
+// default policy, not a usage error.
+func TestParseArgsEmptyConfig(t *testing.T) {
+	for _, args := range [][]string{{"--config=", "a", "b"}, {"a", "b", "--config", ""}} {
+		c, err := ParseArgs(args)
+		if err != nil || c.ConfigFile != "" {
+			t.Errorf("ParseArgs(%q) = %+v, %v; want no policy file", args, c, err)
+		}
+	}
+}
+
+// TestParseArgsDropsHelperDefaults: the dev and suid mount.fuse3 appends
+// for root are dropped; those the operator wrote are kept.
+func TestParseArgsDropsHelperDefaults(t *testing.T) {
+	for list, want := range map[string]string{
+		"ro,dev,suid":          "",
+		"nodev,suid":           "nodev",
+		"nosuid,dev":           "nosuid",
+		"nosuid,nodev":         "nosuid,nodev",
+		"suid,ro,dev,suid":     "suid",
+		"suid,dev,dev,suid":    "suid,dev",
+		"allow_other,suid":     "suid", // not mount.fuse3's: it would have appended dev too
+		"dev,suid,allow_other": "dev,suid",
+	} {
+		c, err := ParseArgs([]string{"a", "b", "-o", list})
+		if err != nil || strings.Join(c.KernelFlags, ",") != want {
+			t.Errorf("-o %s: kernel flags %v, %v; want %q", list, c.KernelFlags, err, want)
+		}
+	}
+	c, _ := ParseArgs([]string{"-o", "dev,suid", "a", "b"}) // not the helper's form
+	if strings.Join(c.KernelFlags, ",") != "dev,suid" {
+		t.Errorf("a direct -o dev,suid was dropped: %v", c.KernelFlags)
 	}
 }

@@ -148,10 +148,12 @@ func (d *daemon) ready(rep *reporter) {
 	d.startProfile()
 	d.state = State{Pid: os.Getpid(), Source: cfg.Source, Mountpoint: cfg.Mountpoint, Config: cfg.ConfigFile, Started: time.Now().UTC()}
 	d.writeState()
+	// Both kinds of read-only: the kernel mount's (-o ro) and the policy's
+	// read_only; either refuses writes, and a line naming one alone misleads.
 	d.log.Info("ready", "source", cfg.Source, "mountpoint", cfg.Mountpoint, "passthrough", d.mirror.Passthrough(),
-		"watch", d.mirror.Watch(), "policy", describe(d.policy))
-	rep.ready(fmt.Sprintf("mirrorfs: mounted %s at %s (pid %d, log %s, passthrough %s)",
-		cfg.Source, cfg.Mountpoint, os.Getpid(), d.logName(), d.mirror.Passthrough()))
+		"mount", mountMode(cfg), "watch", d.mirror.Watch(), "policy", describe(d.policy))
+	rep.ready(fmt.Sprintf("mirrorfs: mounted %s at %s (pid %d, log %s, mount %s, policy read_only=%v, passthrough %s)",
+		cfg.Source, cfg.Mountpoint, os.Getpid(), d.logName(), mountMode(cfg), d.policy.ReadOnly, d.mirror.Passthrough()))
 	sd.SdNotify(false, sd.SdNotifyReady)
 }
 
@@ -171,6 +173,14 @@ func (d *daemon) exit(why string, err error) {
 	if d.logFile != nil {
 		d.logFile.Close()
 	}
+}
+
+// mountMode is the kernel mount's mode: "ro" for -o ro, else "rw".
+func mountMode(cfg *Config) string {
+	if cfg.ReadOnly {
+		return "ro"
+	}
+	return "rw"
 }
 
 func (d *daemon) logName() string {

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"mirrorfs/fs"
+	"mirrorfs/mounts"
 	"mirrorfs/policy"
 )
 
@@ -71,6 +72,7 @@ func (d *daemon) mount(cfg *Config, pol *policy.Policy, log *slog.Logger) (*fs.M
 		})
 	})
 	if err != nil {
+		err = mounts.HelperError(err)
 		if said != "" {
 			return nil, fmt.Errorf("mount %s: %v: %s", cfg.Mountpoint, err, said)
 		}

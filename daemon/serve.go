@@ -115,7 +115,7 @@ const (
 func (d *daemon) remount() (stopped bool, err error) {
 	backoff := remountBackoff
 	for attempt := 1; attempt <= remountAttempts; attempt++ {
-		d.log.Warn("remounting", "attempt", attempt, "of", remountAttempts)
+		d.log.Warn("remounting", "attempt", fmt.Sprintf("%d/%d", attempt, remountAttempts))
 		m, stopped, err := d.mountWhileListening()
 		if stopped {
 			return true, nil
@@ -126,7 +126,7 @@ func (d *daemon) remount() (stopped bool, err error) {
 			d.writeState()
 			return false, nil
 		}
-		d.log.Error("remount failed", "attempt", attempt, "err", err)
+		d.log.Error("remount failed", "attempt", fmt.Sprintf("%d/%d", attempt, remountAttempts), "err", err)
 		if !d.sleepUnlessStopped(backoff) {
 			return true, nil
 		}

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -90,12 +91,16 @@ func (d *daemon) take(s step, stop os.Signal) (done bool, err error) {
 // works on its own copy of the configuration and touches no field of d
 // but the ones that do not change (env, procs, level, args).
 func (d *daemon) startSteps(cfg Config, logToFile, detached bool, out chan<- step) {
-	log, file, err := d.openLog(&cfg, logToFile, detached)
+	log, file, held, err := d.openLog(&cfg, logToFile, detached)
 	if err != nil {
 		out <- step{err: err}
 		return
 	}
 	out <- step{log: &opened{log, file}}
+	fail := func(err error) {
+		held.release(!errors.Is(err, ErrAlreadyRunning))
+		out <- step{err: err}
+	}
 	log.Info("starting", "version", Version, "pid", os.Getpid(), "args", d.args[1:])
 	logFdLimit(log)
 	var pol *policy.Policy
@@ -104,15 +109,16 @@ func (d *daemon) startSteps(cfg Config, logToFile, detached bool, out chan<- ste
 		return err
 	}} {
 		if err := check(); err != nil {
-			out <- step{err: err}
+			fail(err)
 			return
 		}
 	}
 	pidfile, err := AcquirePidfile(cfg.Pidfile)
 	if err != nil {
-		out <- step{err: err}
+		fail(err)
 		return
 	}
+	held.release(true)
 	out <- step{pidfile: pidfile}
 	if err := clearMountpoint(&cfg, log); err != nil {
 		out <- step{err: err}
@@ -138,22 +144,24 @@ func logFdLimit(log *slog.Logger) {
 // openLog opens the log file, or, in the foreground without one, writes
 // to a duplicate of stderr: the log never depends on what descriptor 2
 // is pointed at later (the capture of fusermount3's words).
-func (d *daemon) openLog(cfg *Config, toFile, detached bool) (*slog.Logger, *logFile, error) {
+func (d *daemon) openLog(cfg *Config, toFile, detached bool) (*slog.Logger, *logFile, *heldLog, error) {
 	if cfg.Debug {
 		d.level.Set(slog.LevelDebug)
 	}
 	var w io.Writer = d.env.Stderr
 	var lf *logFile
+	var held *heldLog
 	if toFile {
 		f, err := openLogFile(cfg.Log, detached)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		lf, w = f, f
+		lf, held = f, newHeldLog(f)
+		w = held
 	} else if f, ok := w.(*os.File); ok {
 		if dup, err := dupFile(f); err == nil {
 			w = dup
 		}
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: d.level})), lf, nil
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: d.level})), lf, held, nil
 }

@@ -215,7 +215,12 @@ func TestCheckConfig(t *testing.T) {
 	}
 	e.writePolicy("read_only = true\nfrobnicate = 1\n")
 	r = mirrorfs(t, e.dir, "--check-config", "policy.toml")
-	if r.code != 1 || r.stderr != "mirrorfs: policy.toml:2: key \"frobnicate\": unknown key\n" {
+	if r.code != 1 || r.stderr != "mirrorfs: policy.toml:2: key \"frobnicate\": unknown key; expected one of attr_timeout, entry_timeout, hide, log_level, read_only\n" {
+		t.Errorf("bad file: exit %d, %q", r.code, r.stderr)
+	}
+	e.writePolicy("read_only = true\n\nentry_timeout = 5\n")
+	r = mirrorfs(t, e.dir, "--check-config", "policy.toml")
+	if r.code != 1 || r.stderr != "mirrorfs: policy.toml:3: key \"entry_timeout\": 5 is not a duration; expected a string like \"1s\" or \"250ms\"\n" {
 		t.Errorf("bad file: exit %d, %q", r.code, r.stderr)
 	}
 	if len(daemonsFor(t, e.dir)) != 0 || mounted(e.mnt) {

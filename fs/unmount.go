@@ -97,7 +97,7 @@ func (m *Mirror) unmountBy(deadline time.Time) (err error, done bool) {
 // resolved again may lead to another mount.
 func (m *Mirror) unmount() error {
 	if m.at == nil {
-		return m.srv.Unmount()
+		return mounts.HelperError(m.srv.Unmount())
 	}
 	var err error
 	delay := time.Duration(0)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -130,4 +131,35 @@ func Waiting(m Mount) (int, error) {
 		return 0, err
 	}
 	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// go-fuse's words for fusermount3's failures: a mount reports the raw wait
+// status ("fusermount exited with code 256\n"), an unmount wraps what the
+// helper said around Go's error ("...busy\n (code exit status 1)\n").
+var (
+	helperMountFailed   = regexp.MustCompile(`^fusermount exited with code (\d+)\s*$`)
+	helperUnmountFailed = regexp.MustCompile(`(?s)^\s*(.*?)\s*\(code (.*)\)\s*$`)
+)
+
+// HelperError rewrites go-fuse's reports of a failed fusermount3 into one
+// line that says how it ended: "fusermount3 exited with status 1", and
+// for an unmount what it said followed by "(exit status 1)". "busy" stays
+// in it for IsBusy. Other errors pass unchanged.
+func HelperError(err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	if m := helperMountFailed.FindStringSubmatch(msg); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		ws := syscall.WaitStatus(n)
+		if ws.Signaled() {
+			return fmt.Errorf("fusermount3 killed by %v", ws.Signal())
+		}
+		return fmt.Errorf("fusermount3 exited with status %d", ws.ExitStatus())
+	}
+	if m := helperUnmountFailed.FindStringSubmatch(msg); m != nil {
+		return fmt.Errorf("%s (%s)", strings.Join(strings.Fields(m[1]), " "), m[2])
+	}
+	return err
 }

@@ -68,6 +68,9 @@ func Load(name string) (*Policy, error) {
 
 // Decode decodes the policy file called name, whose contents are b.
 func Decode(name string, b []byte) (*Policy, error) {
+	if err := checkValues(name, b); err != nil {
+		return nil, err
+	}
 	var f file
 	dec := toml.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -86,7 +89,7 @@ func decodeError(name string, src []byte, err error) error {
 	if errors.As(err, &strict) && len(strict.Errors) > 0 {
 		var lines []string
 		for i := range strict.Errors {
-			lines = append(lines, located(name, src, &strict.Errors[i], "unknown key"))
+			lines = append(lines, located(name, src, &strict.Errors[i], "unknown key; expected one of "+knownKeys()))
 		}
 		return errors.New(strings.Join(lines, "; "))
 	}
@@ -106,6 +109,11 @@ func located(name string, src []byte, de *toml.DecodeError, what string) string 
 	key := strings.Join(de.Key(), ".")
 	if key == "" {
 		key = keyOnLine(src, row) // a syntax error: the parser knows no key yet
+	}
+	if strings.Contains(msg, "already defined") {
+		msg = "set a second time; expected each key once"
+	} else if s, ok := settings[key]; ok && what == "" {
+		msg += "; expected " + s.expected // a syntax error in a known key's value
 	}
 	if key != "" {
 		return fmt.Sprintf("%s:%d: key %q: %s", name, row, key, msg)

@@ -131,15 +131,15 @@ log_level = "debug"
 func TestDecodeErrorsNameFileLineKey(t *testing.T) {
 	tests := []struct{ doc, want string }{
 		{"read_only = true\nbogus = 1\n", `p.toml:2: key "bogus": unknown key`},
-		{"\nread_only = 'yes'\n", `p.toml:2: key "read_only": cannot decode TOML string into struct field policy.file.ReadOnly of type bool`},
+		{"\nread_only = 'yes'\n", `p.toml:2: key "read_only": "yes" is not a boolean; expected true or false`},
 		{"hide = [\n  'ok',\n  '[x',\n]\n", `p.toml:3: key "hide": pattern "[x": syntax error in pattern`},
 		{"hide = 'x'\n", `p.toml:1: key "hide"`},
-		{"\n\nentry_timeout = 'soon'\n", `p.toml:3: key "entry_timeout": "soon" is not a duration like "1s" or "250ms"`},
+		{"\n\nentry_timeout = 'soon'\n", `p.toml:3: key "entry_timeout": "soon" is not a duration of 0 or more; expected a string like "1s" or "250ms"`},
 		{"attr_timeout = '-1s'\n", `p.toml:1: key "attr_timeout": "-1s" is not a duration`},
-		{"log_level = 'loud'\n", `p.toml:1: key "log_level": "loud" is not a log level (debug, info, warn, error)`},
+		{"log_level = 'loud'\n", `p.toml:1: key "log_level": "loud" is not a log level; expected one of "debug", "info", "warn", "error"`},
 		{"read_only = \n", `p.toml:1: key "read_only": `},
 		{"\nread_only = maybe\n", `p.toml:2: key "read_only": unexpected character`},
-		{"[hide]\nx = 1\n", `p.toml:2: key "hide.x": unknown key`},
+		{"[hide]\nx = 1\n", `p.toml:1: key "hide": a table is not an array of patterns; expected an array of patterns`},
 	}
 	for _, tt := range tests {
 		_, err := Decode("p.toml", []byte(tt.doc))
