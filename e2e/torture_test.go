@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"mirrorfs/daemon"
 )
 
 // tortureRounds is how many rounds each lifecycle fault gets: a few in
@@ -337,9 +340,19 @@ func TestFullLogDisk(t *testing.T) {
 	e.logf = filepath.Join(logDir, "mirrorfs.log")
 	e.start()
 	pid := e.pid()
-	os.WriteFile(filepath.Join(logDir, "filler"), make([]byte, 128<<10), 0o644) // fills it
+	err := os.WriteFile(filepath.Join(logDir, "filler"), make([]byte, 128<<10), 0o644)
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("filling the log's disk: %v, want ENOSPC", err)
+	}
+	// Each SIGHUP reopens the log and logs to the full disk; the next is
+	// sent once the daemon recorded the reload (signals sent at once would
+	// merge into a few).
 	for i := 0; i < 50; i++ {
-		syscall.Kill(pid, syscall.SIGHUP) // each one logs
+		before := lastReload(e)
+		syscall.Kill(pid, syscall.SIGHUP)
+		eventually(t, fmt.Sprintf("reload %d to be handled", i+1), func() bool {
+			return lastReload(e).After(before)
+		})
 	}
 	for i := 0; i < 100; i++ {
 		if err := os.WriteFile(filepath.Join(e.mnt, "f"), []byte("still serving"), 0o644); err != nil {
@@ -352,4 +365,18 @@ func TestFullLogDisk(t *testing.T) {
 	os.Remove(filepath.Join(logDir, "filler"))
 	syscall.Kill(pid, syscall.SIGTERM)
 	e.stopped(pid)
+}
+
+// lastReload is when the daemon last recorded a reload in its state file
+// (which lives beside the pidfile, not on the log's disk), or zero.
+func lastReload(e *env) time.Time {
+	b, err := os.ReadFile(daemon.StatePath(e.pidf))
+	if err != nil {
+		return time.Time{}
+	}
+	var st daemon.State
+	if json.Unmarshal(b, &st) != nil || st.LastReload == nil {
+		return time.Time{}
+	}
+	return st.LastReload.Time
 }
