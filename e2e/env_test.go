@@ -158,6 +158,22 @@ func procDump(pid int) string {
 	return b.String()
 }
 
+// stoppedAll says whether every thread of pid is stopped (SIGSTOP takes
+// effect thread by thread, some time after kill returns).
+func stoppedAll(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if procState(string(stat)) != "T" {
+			return false
+		}
+	}
+	return true
+}
+
 // procState is the state letter of a /proc/PID/stat line (R, S, D, Z...).
 func procState(stat string) string {
 	i := strings.LastIndexByte(stat, ')')
