@@ -99,11 +99,11 @@ func (e *env) cleanup() {
 // die is stuck in the kernel (a thread in D state waiting on a FUSE
 // request): its state and stacks are logged, its mount's connection is
 // aborted (which ends every request waiting on it), and it gets a second
-// bounded wait; the test fails either way.
-func (e *env) killWithin(pid int, limit time.Duration) {
+// bounded wait; the test fails either way. It says whether pid died in time.
+func (e *env) killWithin(pid int, limit time.Duration) bool {
 	e.t.Helper()
 	if _, ok := reapWithin(pid, limit); ok {
-		return
+		return true
 	}
 	e.t.Errorf("daemon %d did not die within %v of SIGKILL\n%s", pid, limit, procDump(pid))
 	if m, ok := mountAt(e.mnt); ok && m.FSType == daemon.FSType {
@@ -113,6 +113,7 @@ func (e *env) killWithin(pid int, limit time.Duration) {
 	if _, ok := reapWithin(pid, limit); !ok {
 		e.t.Errorf("daemon %d is unkillable, even with its connection aborted\n%s", pid, procDump(pid))
 	}
+	return false
 }
 
 // abortConnection aborts the FUSE connection of device dev ("major:minor").

@@ -206,6 +206,7 @@ func TestTortureKill9(t *testing.T) {
 	e := newEnv(t)
 	want := map[string][]byte{}
 	recovered, recoveries := 0, 0
+	var stuck []string // rounds whose daemon outlived SIGKILL
 	began := time.Now()
 	e.start("-o", "auto_remount")
 	for round := 0; round < rounds; round++ {
@@ -217,11 +218,10 @@ func TestTortureKill9(t *testing.T) {
 		stop := clients(t, e.mnt, 2)
 		moment.before(t, e, pid, rnd)
 		syscall.Kill(pid, syscall.SIGKILL)
-		e.killWithin(pid, waitLimit) // fails the test on a daemon that stays
-		stop()
-		if t.Failed() {
-			t.Fatalf("round %d (%s, seed %d) failed", round, moment.name, seed)
+		if !e.killWithin(pid, waitLimit) { // fails the test, aborts the connection
+			stuck = append(stuck, fmt.Sprintf("%d (%s)", round, moment.name))
 		}
+		stop()
 		logged := strings.Count(e.log(), "recovered a dead mount")
 		if r := mirrorfs(t, e.dir, e.args("-o", "auto_remount")...); r.code != 0 || !mounted(e.mnt) {
 			t.Fatalf("round %d (%s, seed %d): the start after kill -9: exit %d, mounted %v: %s", round, moment.name, seed, r.code, mounted(e.mnt), r.stderr)
@@ -237,8 +237,8 @@ func TestTortureKill9(t *testing.T) {
 	syscall.Kill(pid, syscall.SIGTERM)
 	e.stopped(pid)
 	afterRound(t, e, want)
-	t.Logf("torture: kill -9 at random moments (seed %d) then start: %d/%d recovered (%d dead mounts cleared; %d kills struck a statfs), none left in D state, none unkillable, %d files intact, in %v",
-		seed, recovered, rounds, recoveries, inStatfs.Load(), len(want), time.Since(began).Round(time.Second))
+	t.Logf("torture: kill -9 at random moments (seed %d) then start: %d/%d recovered (%d dead mounts cleared; %d kills struck a statfs), %d daemons outlived SIGKILL (a thread in D state) %v, %d files intact, in %v",
+		seed, recovered, rounds, recoveries, inStatfs.Load(), len(stuck), stuck, len(want), time.Since(began).Round(time.Second))
 }
 
 func TestTortureSimultaneousStarts(t *testing.T) {
