@@ -52,11 +52,13 @@ e2e: ## end-to-end tests only
 
 ROUNDS ?= 50
 DIFF_OPS ?= 20000
+# Which tests make torture runs: e.g. TORTURE_RUN=TestTortureKill9 ROUNDS=200.
+TORTURE_RUN ?= Torture|Differential
 
 .PHONY: torture
-torture: ## lifecycle faults ROUNDS times each, differential test with DIFF_OPS per worker
+torture: ## lifecycle faults ROUNDS times each (kill -9 at random moments among them), differential test with DIFF_OPS per worker
 	MIRRORFS_TORTURE_ROUNDS=$(ROUNDS) MIRRORFS_DIFF_OPS=$(DIFF_OPS) $(GO) test -count=1 -timeout 0 -v \
-		-run 'Torture|Differential' ./e2e/ 2>&1 | tee torture.log | grep -E '^(---|===|ok|FAIL|PASS)|torture:|differential:'
+		-run '$(TORTURE_RUN)' ./e2e/ 2>&1 | tee torture.log | grep -E '^(---|===|ok|FAIL|PASS)|torture:|differential:'
 
 BENCH_ROUNDS ?= 3
 BENCH_FLAGS ?=

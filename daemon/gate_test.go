@@ -1,9 +1,16 @@
+//go:build linux && cgo
+
 package daemon
 
 import (
 	"strings"
 	"testing"
+
+	"mirrorfs/daemon/internal/stagetest"
 )
+
+// gate is the C gate's answer, from the stage built for tests.
+func gate(argv []string, notifySocket string) bool { return stagetest.Gate(argv, notifySocket) }
 
 // goGate is the Go parser's answer to the C gate's question.
 func goGate(argv []string, notifySocket string) bool {

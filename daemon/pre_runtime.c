@@ -33,10 +33,27 @@
 #endif
 
 /* How long the original process waits for the daemon's first word. Go's
- * start-up takes milliseconds; this only guards against a wedged child. */
+ * start-up takes milliseconds; this only guards against a wedged child.
+ * (Both bounds may be set on the compiler's command line: the unit tests in
+ * internal/stagetest shorten them.) */
+#ifndef FIRST_WORD_MS
 #define FIRST_WORD_MS 10000
+#endif
 /* How long a stopped daemon gets to unmount and go before SIGKILL. */
+#ifndef STOP_GRACE_MS
 #define STOP_GRACE_MS 5000
+#endif
+
+/* Where the original process prints the daemon's words: the terminal's
+ * stdout and stderr, or, in the unit tests, pipes they read. */
+#ifdef MFS_TEST
+int mfs_test_out = STDOUT_FILENO, mfs_test_err = STDERR_FILENO;
+#define OUT_FD mfs_test_out
+#define ERR_FD mfs_test_err
+#else
+#define OUT_FD STDOUT_FILENO
+#define ERR_FD STDERR_FILENO
+#endif
 
 static int stage_ran;
 static int status_fd = -1;
@@ -185,7 +202,7 @@ struct waiter {
 
 static void stop_daemon(struct waiter *w, const char *why)
 {
-	dprintf(STDERR_FILENO, "mirrorfs: %s; stopping the daemon\n", why);
+	dprintf(ERR_FD, "mirrorfs: %s; stopping the daemon\n", why);
 	if (w->daemon > 0)
 		kill(w->daemon, SIGTERM);
 	else
@@ -211,7 +228,7 @@ static int handle_line(struct waiter *w, char *line)
 	if (strncmp(line, "ok ", 3) == 0) {
 		if (w->stopping)
 			return -1; /* it became ready as we stopped it: wait for its exit */
-		dprintf(STDOUT_FILENO, "%s\n", line + 3);
+		dprintf(OUT_FD, "%s\n", line + 3);
 		return 0;
 	}
 	if (strncmp(line, "err ", 4) == 0) {
@@ -219,7 +236,7 @@ static int handle_line(struct waiter *w, char *line)
 		 * failed start leaves no process behind when the prompt returns. */
 		char *text = NULL;
 		long code = strtol(line + 4, &text, 10);
-		dprintf(STDERR_FILENO, "%s\n", text && *text == ' ' ? text + 1 : line);
+		dprintf(ERR_FD, "%s\n", text && *text == ' ' ? text + 1 : line);
 		w->failed = code > 0 && code < 126 ? (int)code : 1;
 		w->deadline = now_ms() + STOP_GRACE_MS;
 		return -1;
@@ -262,7 +279,7 @@ static int wait_for_daemon(struct waiter *w)
 			return w->failed; /* it said why; do not wait forever for its exit */
 		if (left <= 0 && w->stopping) {
 			kill(w->daemon > 0 ? w->daemon : -w->group, SIGKILL);
-			dprintf(STDERR_FILENO, "mirrorfs: the daemon (pid %d) did not stop; killed it; a dead mount it left is recovered by the next start (log %s)\n",
+			dprintf(ERR_FD, "mirrorfs: the daemon (pid %d) did not stop; killed it; a dead mount it left is recovered by the next start (log %s)\n",
 				w->daemon > 0 ? w->daemon : w->group, *w->log ? w->log : "unknown");
 			return 1;
 		}
@@ -281,7 +298,7 @@ static int wait_for_daemon(struct waiter *w)
 			if (w->failed)
 				return w->failed;
 			if (!w->stopping)
-				dprintf(STDERR_FILENO, "mirrorfs: the daemon exited before it was ready (see its log: %s)\n",
+				dprintf(ERR_FD, "mirrorfs: the daemon exited before it was ready (see its log: %s)\n",
 					*w->log ? w->log : "none yet");
 			return 1;
 		}
@@ -370,3 +387,15 @@ void mfs_pre_runtime(int argc, char *argv[])
 	struct waiter w = { .fd = fds[0], .group = child, .deadline = now_ms() + FIRST_WORD_MS };
 	_exit(wait_for_daemon(&w));
 }
+
+#ifdef MFS_TEST
+/* mfs_test_wait runs the original process's wait on fd, as if the daemon's
+ * first child were group and interrupted_by had arrived (0: no signal). */
+int mfs_test_wait(int fd, int group, int daemon, int interrupted_by)
+{
+	struct waiter w = { .fd = fd, .group = group, .daemon = daemon,
+		.deadline = now_ms() + FIRST_WORD_MS };
+	interrupted = interrupted_by;
+	return wait_for_daemon(&w);
+}
+#endif

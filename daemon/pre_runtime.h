@@ -2,6 +2,18 @@
 #ifndef MIRRORFS_PRE_RUNTIME_H
 #define MIRRORFS_PRE_RUNTIME_H
 
+/* Built into the unit tests (internal/stagetest) as well as into the daemon,
+ * the stage's symbols take other names there, so both link into one binary. */
+#ifdef MFS_TEST
+#define mfs_gate mfs_test_gate
+#define mfs_pre_runtime mfs_test_pre_runtime
+#define mfs_stage_ran mfs_test_stage_ran
+#define mfs_status_fd mfs_test_status_fd
+#define mfs_orig_cwd mfs_test_orig_cwd
+extern int mfs_test_out, mfs_test_err;
+int mfs_test_wait(int fd, int group, int daemon, int interrupted_by);
+#endif
+
 /* mfs_gate's answers. */
 enum { MFS_GATE_STAY = 0, MFS_GATE_DAEMONIZE = 1 };
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -87,13 +88,101 @@ func (e *env) cleanup() {
 	}
 	for _, pid := range e.pids {
 		if pid > 0 && syscall.Kill(pid, syscall.SIGKILL) == nil { // never 0 or -1: a group
-			var ws unix.WaitStatus
-			unix.Wait4(pid, &ws, 0, nil)
+			e.killWithin(pid, waitLimit)
 		}
 	}
 	for i := 0; i < 10 && mounted(e.mnt); i++ {
 		unix.Unmount(e.mnt, unix.MNT_DETACH)
 	}
+}
+
+// killWithin reaps a SIGKILLed pid within limit. A process that does not
+// die is stuck in the kernel (a thread in D state waiting on a FUSE
+// request): its state and stacks are logged, its mount's connection is
+// aborted (which ends every request waiting on it), and it gets a second
+// bounded wait; the test fails either way. It says whether pid died in time.
+func (e *env) killWithin(pid int, limit time.Duration) bool {
+	e.t.Helper()
+	if _, ok := reapWithin(pid, limit); ok {
+		return true
+	}
+	e.t.Errorf("daemon %d did not die within %v of SIGKILL\n%s", pid, limit, procDump(pid))
+	if m, ok := mountAt(e.mnt); ok && m.FSType == daemon.FSType {
+		abortConnection(m.Dev)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	if _, ok := reapWithin(pid, limit); !ok {
+		e.t.Errorf("daemon %d is unkillable, even with its connection aborted\n%s", pid, procDump(pid))
+	}
+	return false
+}
+
+// abortConnection aborts the FUSE connection of device dev ("major:minor").
+func abortConnection(dev string) {
+	if _, minor, ok := strings.Cut(dev, ":"); ok {
+		os.WriteFile("/sys/fs/fuse/connections/"+minor+"/abort", []byte("1"), 0o200)
+	}
+}
+
+// reapWithin reaps pid, polling, for at most limit. It returns true once
+// pid is gone, with its wait status (nil for a process not ours to reap),
+// and false on timeout.
+func reapWithin(pid int, limit time.Duration) (*unix.WaitStatus, bool) {
+	deadline := time.Now().Add(limit)
+	for {
+		var ws unix.WaitStatus
+		got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		switch {
+		case got == pid:
+			return &ws, true
+		case errors.Is(err, unix.ECHILD) && syscall.Kill(pid, 0) != nil:
+			return nil, true // not ours to reap, and gone
+		case time.Now().After(deadline):
+			return nil, false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// procDump is a process's state and the kernel stack of each of its
+// threads, for a process that would not end.
+func procDump(pid int) string {
+	var b strings.Builder
+	stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	fmt.Fprintf(&b, "stat: %s", stat)
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, task := range tasks {
+		dir := fmt.Sprintf("/proc/%d/task/%s", pid, task.Name())
+		tstat, _ := os.ReadFile(dir + "/stat")
+		stack, _ := os.ReadFile(dir + "/stack")
+		fmt.Fprintf(&b, "task %s: state %s\n%s", task.Name(), procState(string(tstat)), stack)
+	}
+	return b.String()
+}
+
+// stoppedAll says whether every thread of pid is stopped (SIGSTOP takes
+// effect thread by thread, some time after kill returns).
+func stoppedAll(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if procState(string(stat)) != "T" {
+			return false
+		}
+	}
+	return true
+}
+
+// procState is the state letter of a /proc/PID/stat line (R, S, D, Z...).
+func procState(stat string) string {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) {
+		return "?"
+	}
+	return stat[i+2 : i+3]
 }
 
 // args is SOURCE MOUNTPOINT with this env's pidfile and log, then extra.
@@ -183,6 +272,7 @@ func mirrorfs(t *testing.T, dir string, args ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.WaitDelay = 10 * time.Second // bounded, even if a child kept its output open
 	cmd.Dir = dir
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -226,29 +316,28 @@ func waitMounted(t *testing.T, mnt string) {
 }
 
 // waitExit reaps pid (a daemon adopted by this subreaper) and returns its
-// exit code, or 128+signal.
+// exit code, or 128+signal (-1 for one not ours to reap). A daemon that has
+// not exited within the wait limit is dumped (state, stacks), SIGKILLed and
+// reaped (bounded), and the test fails.
 func waitExit(t *testing.T, pid int) int {
 	t.Helper()
 	if pid <= 0 {
 		t.Fatalf("waitExit(%d): not a process", pid)
 	}
-	code := -1
-	eventually(t, "daemon "+strconv.Itoa(pid)+" to exit", func() bool {
-		var ws unix.WaitStatus
-		got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
-		switch {
-		case errors.Is(err, unix.ECHILD):
-			return syscall.Kill(pid, 0) != nil // not ours to reap
-		case err != nil || got != pid:
-			return false
-		case ws.Signaled():
-			code = 128 + int(ws.Signal())
-		default:
-			code = ws.ExitStatus()
-		}
-		return true
-	})
-	return code
+	ws, ok := reapWithin(pid, waitLimit)
+	if !ok {
+		dump := procDump(pid)
+		syscall.Kill(pid, syscall.SIGKILL)
+		_, gone := reapWithin(pid, waitLimit)
+		t.Fatalf("daemon %d did not exit within %v (killed it: gone=%v)\n%s", pid, waitLimit, gone, dump)
+	}
+	switch {
+	case ws == nil:
+		return -1
+	case ws.Signaled():
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
 }
 
 // repeat runs step(0), step(1), ... on a goroutine of its own until the

@@ -20,6 +20,7 @@ func hungPath(t *testing.T) string {
 	pid := a.pid()
 	syscall.Kill(pid, syscall.SIGSTOP)
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+	eventually(t, "the daemon to stop", func() bool { return stoppedAll(pid) })
 	return filepath.Join(a.mnt, "sub")
 }
 

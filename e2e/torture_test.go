@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"mirrorfs/daemon"
 )
 
 // tortureRounds is how many rounds each lifecycle fault gets: a few in
@@ -60,7 +64,9 @@ func clients(t *testing.T, mnt string, n int) (stop func()) {
 	return func() {
 		for _, c := range cmds {
 			c.Process.Kill()
-			c.Wait()
+			if _, ok := reapWithin(c.Process.Pid, waitLimit); !ok {
+				t.Errorf("a client did not die within %v of SIGKILL\n%s", waitLimit, procDump(c.Process.Pid))
+			}
 		}
 	}
 }
@@ -143,34 +149,96 @@ func runOK(t *testing.T, name string, args ...string) {
 	}
 }
 
+// kill9Moments are the moments TestTortureKill9 strikes at, in turn.
+var kill9Moments = []struct {
+	name   string
+	before func(t *testing.T, e *env, pid int, rnd *rand.Rand)
+}{
+	{"just ready", func(t *testing.T, e *env, pid int, rnd *rand.Rand) {
+		time.Sleep(time.Duration(rnd.Intn(20)) * time.Millisecond)
+	}},
+	{"under I/O", func(t *testing.T, e *env, pid int, rnd *rand.Rand) {
+		time.Sleep(time.Duration(rnd.Intn(500)) * time.Millisecond)
+	}},
+	{"during a remount", func(t *testing.T, e *env, pid int, rnd *rand.Rand) {
+		if err := os.WriteFile(abortFile(t, e.mnt), []byte("1"), 0o200); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(rnd.Intn(30)) * time.Millisecond)
+	}},
+	{"during health activity", func(t *testing.T, e *env, pid int, rnd *rand.Rand) {
+		// At the health tick (plus up to 300 ms), or as soon as a thread
+		// of the daemon is seen in statfs, whichever comes first.
+		until := time.Now().Add(healthEvery + time.Duration(rnd.Intn(300))*time.Millisecond)
+		for time.Now().Before(until) {
+			if inSyscall(pid, unix.SYS_STATFS) {
+				inStatfs.Add(1)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}},
+}
+
+// inStatfs counts the kills that struck a daemon in statfs.
+var inStatfs atomic.Int64
+
+// inSyscall says whether a thread of pid is in system call nr.
+func inSyscall(pid int, nr int) bool {
+	for _, tid := range taskIDs(pid) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/syscall", pid, tid))
+		if f := strings.Fields(string(b)); len(f) > 0 && f[0] == strconv.Itoa(nr) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestTortureKill9 kills the daemon with SIGKILL at random moments (just
+// ready, under I/O, during an auto_remount, during health activity), then
+// starts it again: every start must recover the mount and serve the data
+// synced before the kill, every killed daemon must be reaped within the
+// wait limit (no thread left in D state, no unkillable zombie).
 func TestTortureKill9(t *testing.T) {
+	rounds := max(tortureRounds(), len(kill9Moments))
+	seed := time.Now().UnixNano()
+	rnd := rand.New(rand.NewSource(seed))
 	e := newEnv(t)
 	want := map[string][]byte{}
-	for round := 0; round < tortureRounds(); round++ {
-		e.start()
+	recovered, recoveries := 0, 0
+	var stuck []string // rounds whose daemon outlived SIGKILL
+	began := time.Now()
+	e.start("-o", "auto_remount")
+	for round := 0; round < rounds; round++ {
+		moment := kill9Moments[round%len(kill9Moments)]
 		pid := e.pid()
-		stop := clients(t, e.mnt, 2)
 		name := fmt.Sprintf("synced%d", round)
 		want[name] = bytes.Repeat([]byte(name), 1000)
 		syncedWrite(t, filepath.Join(e.mnt, name), want[name])
+		stop := clients(t, e.mnt, 2)
+		moment.before(t, e, pid, rnd)
 		syscall.Kill(pid, syscall.SIGKILL)
-		waitExit(t, pid)
-		stop()
-	}
-	e.start()
-	for name, data := range want {
-		if b, err := os.ReadFile(filepath.Join(e.mnt, name)); err != nil || !bytes.Equal(b, data) {
-			t.Errorf("%s through the recovered mirror: %d bytes, %v", name, len(b), err)
+		if !e.killWithin(pid, waitLimit) { // fails the test, aborts the connection
+			stuck = append(stuck, fmt.Sprintf("%d (%s)", round, moment.name))
 		}
+		stop()
+		logged := strings.Count(e.log(), "recovered a dead mount")
+		if r := mirrorfs(t, e.dir, e.args("-o", "auto_remount")...); r.code != 0 || !mounted(e.mnt) {
+			t.Fatalf("round %d (%s, seed %d): the start after kill -9: exit %d, mounted %v: %s", round, moment.name, seed, r.code, mounted(e.mnt), r.stderr)
+		}
+		e.pids = append(e.pids, e.pid())
+		recoveries += strings.Count(e.log(), "recovered a dead mount") - logged
+		if b, err := os.ReadFile(filepath.Join(e.mnt, name)); err != nil || !bytes.Equal(b, want[name]) {
+			t.Fatalf("round %d (%s): %s through the recovered mirror: %d bytes, %v", round, moment.name, name, len(b), err)
+		}
+		recovered++
 	}
 	pid := e.pid()
 	syscall.Kill(pid, syscall.SIGTERM)
 	e.stopped(pid)
 	afterRound(t, e, want)
-	if n := strings.Count(e.log(), "recovered a dead mount"); n != tortureRounds() {
-		t.Errorf("%d recoveries logged, want %d", n, tortureRounds())
-	}
-	t.Logf("torture: kill -9 then start: %d rounds, %d files intact", tortureRounds(), len(want))
+	t.Logf("torture: kill -9 at random moments (seed %d) then start: %d/%d recovered (%d dead mounts cleared; %d kills struck a statfs), %d daemons outlived SIGKILL (a thread in D state) %v, %d files intact, in %v",
+		seed, recovered, rounds, recoveries, inStatfs.Load(), len(stuck), stuck, len(want), time.Since(began).Round(time.Second))
 }
 
 func TestTortureSimultaneousStarts(t *testing.T) {
@@ -337,9 +405,19 @@ func TestFullLogDisk(t *testing.T) {
 	e.logf = filepath.Join(logDir, "mirrorfs.log")
 	e.start()
 	pid := e.pid()
-	os.WriteFile(filepath.Join(logDir, "filler"), make([]byte, 128<<10), 0o644) // fills it
+	err := os.WriteFile(filepath.Join(logDir, "filler"), make([]byte, 128<<10), 0o644)
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("filling the log's disk: %v, want ENOSPC", err)
+	}
+	// Each SIGHUP reopens the log and logs to the full disk; the next is
+	// sent once the daemon recorded the reload (signals sent at once would
+	// merge into a few).
 	for i := 0; i < 50; i++ {
-		syscall.Kill(pid, syscall.SIGHUP) // each one logs
+		before := lastReload(e)
+		syscall.Kill(pid, syscall.SIGHUP)
+		eventually(t, fmt.Sprintf("reload %d to be handled", i+1), func() bool {
+			return lastReload(e).After(before)
+		})
 	}
 	for i := 0; i < 100; i++ {
 		if err := os.WriteFile(filepath.Join(e.mnt, "f"), []byte("still serving"), 0o644); err != nil {
@@ -352,4 +430,18 @@ func TestFullLogDisk(t *testing.T) {
 	os.Remove(filepath.Join(logDir, "filler"))
 	syscall.Kill(pid, syscall.SIGTERM)
 	e.stopped(pid)
+}
+
+// lastReload is when the daemon last recorded a reload in its state file
+// (which lives beside the pidfile, not on the log's disk), or zero.
+func lastReload(e *env) time.Time {
+	b, err := os.ReadFile(daemon.StatePath(e.pidf))
+	if err != nil {
+		return time.Time{}
+	}
+	var st daemon.State
+	if json.Unmarshal(b, &st) != nil || st.LastReload == nil {
+		return time.Time{}
+	}
+	return st.LastReload.Time
 }

@@ -1,0 +1,1 @@
+../../pre_runtime.c
