@@ -107,21 +107,14 @@ func (e *env) killWithin(pid int, limit time.Duration) bool {
 		return true
 	}
 	e.t.Errorf("daemon %d did not die within %v of SIGKILL\n%s", pid, limit, procDump(pid))
-	if m, ok := mountAt(e.mnt); ok && m.FSType == daemon.FSType {
-		abortConnection(m.Dev)
+	if m, ok := mountAt(e.mnt); ok && m.FSType == fs.FSType {
+		mounts.Abort(m)
 	}
 	syscall.Kill(pid, syscall.SIGKILL)
 	if _, ok := reapWithin(pid, limit); !ok {
 		e.t.Errorf("daemon %d is unkillable, even with its connection aborted\n%s", pid, procDump(pid))
 	}
 	return false
-}
-
-// abortConnection aborts the FUSE connection of device dev ("major:minor").
-func abortConnection(dev string) {
-	if _, minor, ok := strings.Cut(dev, ":"); ok {
-		os.WriteFile("/sys/fs/fuse/connections/"+minor+"/abort", []byte("1"), 0o200)
-	}
 }
 
 // reapWithin reaps pid, polling, for at most limit. It returns true once
