@@ -68,22 +68,30 @@ func within(path, dir string) bool {
 // checkMountpointDir checks an unmounted mountpoint is a folder. It is the
 // first answer, with a clear message; as root the mount checks again on the
 // descriptor of the folder it mounts on (fs/kmount.go), since the path may
-// lead elsewhere by then.
+// lead elsewhere by then. It opens mnt O_PATH and asks only the kernel's
+// cache: if a mount of ours came back there meanwhile, nothing here sends
+// it a request.
 func checkMountpointDir(mnt string) error {
-	if fi, err := os.Lstat(mnt); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
-		target, _ := os.Readlink(mnt)
-		return fmt.Errorf("mountpoint %s is a symlink (to %s); give the directory itself", mnt, target)
-	}
-	fi, err := os.Stat(mnt)
+	fd, err := unix.Open(mnt, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("mountpoint %s does not exist", mnt)
 	case err != nil:
 		return fmt.Errorf("mountpoint %s: %w", mnt, err)
-	case !fi.IsDir():
-		return fmt.Errorf("mountpoint %s is not a directory", mnt)
 	}
-	return nil
+	defer unix.Close(fd)
+	var x unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE, &x); err != nil {
+		return fmt.Errorf("mountpoint %s: %w", mnt, err)
+	}
+	switch x.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return nil
+	case unix.S_IFLNK:
+		target, _ := os.Readlink(mnt)
+		return fmt.Errorf("mountpoint %s is a symlink (to %s); give the directory itself", mnt, target)
+	}
+	return fmt.Errorf("mountpoint %s is not a directory", mnt)
 }
 
 // checkFuse checks the kernel device and, for users, the setuid helper.

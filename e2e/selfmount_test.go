@@ -164,6 +164,25 @@ var (
 var mountTableCalls = map[string]bool{"mount": true, "umount2": true, "umount": true,
 	"fsmount": true, "move_mount": true, "open_tree": true, "mount_setattr": true}
 
+// noRequest says whether a call naming mnt cannot send its file system a
+// request: a close; an O_PATH open that ends on mnt itself (crossing into a
+// mount's root asks nothing of it, and O_PATH opens nothing) or leaves it
+// by ".."; a statx of a descriptor that may answer only from the kernel's
+// cache (AT_STATX_DONT_SYNC). Mounting on MNT and detaching from it need
+// these, and only these.
+func noRequest(call, line, mnt string) bool {
+	switch call {
+	case "close":
+		return true
+	case "openat", "openat2":
+		return strings.Contains(line, "O_PATH") &&
+			(strings.HasSuffix(line, "<"+mnt+">") || strings.Contains(line, `, "..", `))
+	case "statx":
+		return strings.Contains(line, "AT_STATX_DONT_SYNC") && strings.Contains(line, `, "", `)
+	}
+	return false
+}
+
 // ownMountCalls returns the traced calls of the daemon's threads that name
 // a path under mnt.
 func ownMountCalls(t *testing.T, trace, mnt string, tids map[int]bool) []string {
@@ -174,7 +193,8 @@ func ownMountCalls(t *testing.T, trace, mnt string, tids map[int]bool) []string 
 	}
 	defer f.Close()
 	under := func(p string) bool { return p == mnt || strings.HasPrefix(p, mnt+"/") }
-	fds := map[string]string{} // what strace -y showed each descriptor to be
+	fds := map[string]string{}     // what strace -y showed each descriptor to be
+	unfinished := map[int]string{} // per thread: the start of a call cut short
 	var bad []string
 	lines := 0
 	sc := bufio.NewScanner(f)
@@ -200,7 +220,16 @@ func ownMountCalls(t *testing.T, trace, mnt string, tids map[int]bool) []string 
 		for _, pf := range procFd.FindAllStringSubmatch(line, -1) {
 			named = named || under(fds[pf[1]])
 		}
-		if named {
+		whole := line // a call cut short by another's is judged whole
+		switch {
+		case strings.HasSuffix(line, "<unfinished ...>"):
+			unfinished[tid] = strings.TrimSuffix(line, "<unfinished ...>")
+		case strings.Contains(line, " resumed>"):
+			_, rest, _ := strings.Cut(line, " resumed>")
+			whole = unfinished[tid] + rest
+		}
+		ok := noRequest(m[2], whole, mnt)
+		if named && !ok {
 			bad = append(bad, line)
 		}
 	}
