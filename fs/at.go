@@ -101,12 +101,13 @@ func (n *node) locate(name string) (loc, syscall.Errno) {
 	return holder.locateByPath(name) // out of descriptors: walk from the root
 }
 
-// locateFor finds n itself for a request of ctx's caller. For a request
+// locateFor finds n itself for an open by ctx's caller. For a request
 // carried out with her credentials (creds.go) it is a descriptor of n's
 // file (locateSelf), not a name in a folder: the folder go-fuse keeps as
 // n's parent is one of the file's names, not necessarily the one she came
 // by (a hard link), and she may not search it, while the kernel has
-// checked the path she took. Root's requests keep the cheaper name.
+// checked the path she took. Root's opens keep the cheaper name: open
+// checks what it opened (mustBe) with the statx it makes anyway.
 func (n *node) locateFor(ctx context.Context) (loc, syscall.Errno) {
 	if n.m.switches(ctx) {
 		return n.locateSelf()

@@ -182,7 +182,7 @@ func (n *node) openNew(ctx context.Context, name string, flags, mode uint32, out
 }
 
 func (n *node) link(ctx context.Context, target *node, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	from, errno := target.locateFor(ctx)
+	from, errno := target.locateSelf() // the target's file, not what has its name now
 	if errno != 0 {
 		return nil, errno
 	}
@@ -235,12 +235,13 @@ func (n *node) rename(ctx context.Context, name string, to *node, newName string
 }
 
 // Readlink reads n's target, unless n is hidden (a symlink held open with
-// O_PATH from before a reload).
+// O_PATH from before a reload): n's own, not that of a symlink put at its
+// name since (locateSelf).
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
 		return nil, errno
 	}
-	l, errno := n.locate("")
+	l, errno := n.locateSelf()
 	if errno != 0 {
 		return nil, errno
 	}
@@ -412,12 +413,17 @@ func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 
 // setattrAsCaller makes the changes in asks for with the caller's
 // credentials: by the open file f if there is one (which describes it
-// too), else at n itself.
+// too), else on a descriptor of n's own file (locateSelf), for root's
+// requests too: a file put at n's name on SOURCE since gets ESTALE, never
+// the change (the kernel looks the name up again and retries a chmod,
+// truncate, chown or utimes by name; one through a descriptor of the old
+// file fails). That costs an O_PATH open, a statx and a close; the chmod
+// and truncate, which go through /proc, would open one anyway.
 func (n *node) setattrAsCaller(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if fs, ok := f.(gofs.FileSetattrer); ok {
 		return n.m.asCaller(ctx, func() syscall.Errno { return fs.Setattr(ctx, in, out) })
 	}
-	l, errno := n.locateFor(ctx) // as the daemon: she need not search go-fuse's parent
+	l, errno := n.locateSelf() // as the daemon: she need not search go-fuse's parent
 	if errno != 0 {
 		return errno
 	}
@@ -576,14 +582,15 @@ func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags, mask uint32,
 }
 
 // Statfs describes the file system that holds n, through a descriptor of
-// n itself: never through a path that follows a symlink, which would tell
-// a caller whether a path she may not search exists, or make the daemon
-// wait on an automount or a dead network mount.
+// n itself (locateSelf: another file put at n's name may be on another
+// file system): never through a path that follows a symlink, which would
+// tell a caller whether a path she may not search exists, or make the
+// daemon wait on an automount or a dead network mount.
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
 		return errno
 	}
-	l, errno := n.locate("")
+	l, errno := n.locateSelf()
 	if errno != 0 {
 		return errno
 	}
@@ -600,9 +607,13 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 // xattr runs call on a path to n, as the caller (reading too: as root, the
 // trusted.* attributes would be read and listed for anyone); follow says
 // whether the path is a /proc link to n, to be followed, or n's own name,
-// not to be.
+// not to be. The path is that of a descriptor of n's own file (locateSelf),
+// for root's requests too: the attributes of a file put at n's name since
+// are not n's to read or change (ESTALE; the kernel retries a call by
+// name after a fresh lookup). That costs an O_PATH open, a statx and a
+// close more than a path through n's folder.
 func (n *node) xattr(ctx context.Context, call func(path string, follow bool) (int, error)) (uint32, syscall.Errno) {
-	l, errno := n.locateFor(ctx)
+	l, errno := n.locateSelf()
 	if errno != 0 {
 		return 0, errno
 	}
@@ -616,9 +627,10 @@ func (n *node) xattr(ctx context.Context, call func(path string, follow bool) (i
 	return uint32(size), errno
 }
 
-// xattrAsDaemon runs call on a path to n with the daemon's credentials.
+// xattrAsDaemon runs call on a path to n's own file with the daemon's
+// credentials.
 func (n *node) xattrAsDaemon(call func(path string, follow bool) (int, error)) (uint32, syscall.Errno) {
-	l, errno := n.locate("")
+	l, errno := n.locateSelf()
 	if errno != 0 {
 		return 0, errno
 	}
