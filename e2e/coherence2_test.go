@@ -147,3 +147,65 @@ func TestCoherenceReadlinkStatfsAfterReplace(t *testing.T) {
 		}
 	})
 }
+
+// lockers take a shared lock on an open file, as programs that share a
+// file across the two sides do before they read it.
+var lockers = map[string]func(fd int) error{
+	"fcntl": func(fd int) error {
+		return unix.FcntlFlock(uintptr(fd), unix.F_SETLKW, &unix.Flock_t{Type: unix.F_RDLCK})
+	},
+	"flock": func(fd int) error { return unix.Flock(fd, unix.LOCK_SH) },
+}
+
+// TestCoherenceLockSeesSourceWrites: a lock taken through the mirror is
+// where the mirror side catches up with SOURCE (as on NFS): a file read
+// through the mirror, then rewritten in place and grown on SOURCE with its
+// mtime put back (nothing the kernel would notice), reads and stats as
+// SOURCE has it once a lock on it is granted, within the cache timeouts.
+func TestCoherenceLockSeesSourceWrites(t *testing.T) {
+	for name, lock := range lockers {
+		t.Run(name, func(t *testing.T) {
+			bothModes(t, func(t *testing.T, mode ...string) {
+				e := newEnv(t)
+				writeFiles(t, e.src, map[string]string{"f": "aaaa"})
+				e.start(mode...)
+				s := filepath.Join(e.src, "f")
+				st0, err := os.Stat(s)
+				if err != nil {
+					t.Fatal(err)
+				}
+				f, err := os.Open(filepath.Join(e.mnt, "f"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				if got := preadAll(f); got != "aaaa" {
+					t.Fatalf("before: %q", got)
+				}
+				if fi, err := f.Stat(); err != nil || fi.Size() != 4 {
+					t.Fatalf("before: %v, %v", fi, err)
+				}
+				w, err := os.OpenFile(s, os.O_WRONLY, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := w.WriteAt([]byte("bbbbcc"), 0); err != nil {
+					t.Fatal(err)
+				}
+				w.Close()
+				if err := os.Chtimes(s, st0.ModTime(), st0.ModTime()); err != nil {
+					t.Fatal(err)
+				}
+				if err := lock(int(f.Fd())); err != nil {
+					t.Fatal(err)
+				}
+				if got := preadAll(f); got != "bbbbcc" {
+					t.Errorf("read under the lock: %q, want SOURCE's %q", got, "bbbbcc")
+				}
+				if fi, err := f.Stat(); err != nil || fi.Size() != 6 {
+					t.Errorf("fstat under the lock: %v, %v; want size 6", fi, err)
+				}
+			})
+		})
+	}
+}

@@ -458,6 +458,38 @@ const (
 	lockWaitMax = 50 * time.Millisecond
 )
 
+var _ = (gofs.FileSetlker)((*file)(nil))
+
+// Setlk takes or lets go of a lock (POSIX or flock) without waiting; see
+// Setlkw for what a lock taken does.
+func (f *file) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	errno := f.LoopbackFile.Setlk(ctx, owner, lk, flags)
+	f.synchronized(lk, errno)
+	return errno
+}
+
+// synchronized makes a lock taken a point where the mirror side sees what
+// SOURCE wrote, as NFS does (close-to-open, and locks): the kernel's pages
+// and attributes of the file are dropped before it is told the lock is
+// hers, so that what she reads under the lock is read from SOURCE, where
+// the other side wrote before letting go of it. (Writes through the mirror
+// need nothing at the unlock: without a writeback cache each is on SOURCE
+// before the write returns.)
+//
+// The notification is written from within the lock request, before its
+// reply: the kernel's FUSE_NOTIFY_INVAL_INODE takes no lock the locking
+// process holds (only the connection's killsb, shared, and the pages'
+// locks); a page locked for a read, or a dirty mapped page it writes back
+// first, waits for a READ or WRITE that go-fuse serves on another
+// goroutine (it starts a reader whenever none is left waiting). Unlocks
+// and failures drop nothing. It costs one write to /dev/fuse per lock
+// taken, and the rereads.
+func (f *file) synchronized(lk *fuse.FileLock, errno syscall.Errno) {
+	if errno == 0 && lk.Typ != syscall.F_UNLCK {
+		f.n.NotifyContent(0, 0) // ENOENT: the kernel keeps nothing of n
+	}
+}
+
 var _ = (gofs.FileSetlkwer)((*file)(nil))
 
 // Setlkw waits for a lock (POSIX or flock, as Setlk tells them apart by
@@ -476,7 +508,7 @@ var _ = (gofs.FileSetlkwer)((*file)(nil))
 func (f *file) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
 	wait := lockWaitMin
 	for {
-		errno := f.LoopbackFile.Setlk(ctx, owner, lk, flags)
+		errno := f.Setlk(ctx, owner, lk, flags)
 		if errno != syscall.EAGAIN && errno != syscall.EACCES {
 			return errno // taken, or an error that waiting does not mend
 		}
