@@ -209,3 +209,49 @@ func TestCoherenceLockSeesSourceWrites(t *testing.T) {
 		})
 	}
 }
+
+// TestCoherenceAppendingDescriptorMapsShared: a file opened O_RDWR|O_APPEND
+// through the mirror can be mapped shared (without passthrough its
+// descriptor is direct I/O, which the kernel maps only when the daemon
+// allows it). A store through the map lands in place on SOURCE, not at the
+// end; an append through the descriptor lands at SOURCE's end, and the map
+// shows it.
+func TestCoherenceAppendingDescriptorMapsShared(t *testing.T) {
+	bothModes(t, func(t *testing.T, mode ...string) {
+		e := newEnv(t)
+		writeFiles(t, e.src, map[string]string{"f": "0123456789"})
+		e.start(mode...)
+		s := filepath.Join(e.src, "f")
+		f, err := os.OpenFile(filepath.Join(e.mnt, "f"), os.O_RDWR|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		mapped, err := unix.Mmap(int(f.Fd()), 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			t.Fatalf("mmap MAP_SHARED of an O_RDWR|O_APPEND descriptor: %v", err)
+		}
+		defer unix.Munmap(mapped)
+		if string(mapped[:10]) != "0123456789" {
+			t.Fatalf("mapped: %q", mapped[:10])
+		}
+		copy(mapped[2:], "ab")
+		if err := unix.Msync(mapped, unix.MS_SYNC); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(s); err != nil || string(b) != "01ab456789" {
+			t.Fatalf("SOURCE after a store through the map: %q, %v; want %q", b, err, "01ab456789")
+		}
+		if err := appendLines(s, "S", 1); err != nil { // SOURCE grows meanwhile
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString("M"); err != nil {
+			t.Fatal(err)
+		}
+		want := "01ab456789S 0\nM"
+		if b, err := os.ReadFile(s); err != nil || string(b) != want {
+			t.Fatalf("SOURCE after an append through the descriptor: %q, %v; want %q", b, err, want)
+		}
+		eventually(t, "the map to show the append", func() bool { return string(mapped[:len(want)]) == want })
+	})
+}

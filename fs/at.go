@@ -374,7 +374,8 @@ func (n *node) closing(h handle) {
 // file is an open file of the mirror.
 type file struct {
 	*gofs.LoopbackFile
-	n *node
+	n       *node
+	appends bool // its descriptor is O_APPEND (loopback.go, writeInPlace)
 }
 
 func (n *node) newFile(fd int) *file {
@@ -399,6 +400,9 @@ var _ = (gofs.FileWriter)((*file)(nil))
 // clears its set-id bits as one by her does. (Through passthrough the kernel
 // writes without asking; see backing.)
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if f.appends && writingBack(ctx) {
+		return f.writeInPlace([][]byte{data}, off)
+	}
 	var n uint32
 	errno := f.n.m.asCaller(ctx, func() (errno syscall.Errno) {
 		n, errno = f.LoopbackFile.Write(ctx, data, off)
@@ -419,6 +423,9 @@ var _ = (gofs.FileWritever)((*file)(nil))
 // Writev writes as the caller, as Write does: go-fuse calls it for a write
 // whose data comes in pieces, and LoopbackFile's would write as root.
 func (f *file) Writev(ctx context.Context, data [][]byte, off int64) (uint32, syscall.Errno) {
+	if f.appends && writingBack(ctx) {
+		return f.writeInPlace(data, off)
+	}
 	var n uint32
 	errno := f.n.m.asCaller(ctx, func() (errno syscall.Errno) {
 		n, errno = f.LoopbackFile.Writev(ctx, data, off)

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -178,7 +179,9 @@ func (n *node) openNew(ctx context.Context, name string, flags, mode uint32, out
 		return nil, nil, 0, errno
 	}
 	child := n.newChild(ctx, &x, out)
-	return child, child.Operations().(*node).newFile(fd), n.m.openFlags(&x, fd, flags), 0
+	f := child.Operations().(*node).newFile(fd)
+	f.appends = flags&unix.O_APPEND != 0
+	return child, f, n.m.openFlags(&x, fd, flags), 0
 }
 
 func (n *node) link(ctx context.Context, target *node, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -295,7 +298,9 @@ func (n *node) open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		unix.Close(fd)
 		return nil, 0, errno
 	}
-	return n.newFile(fd), n.m.openFlags(&x, fd, flags), 0
+	f := n.newFile(fd)
+	f.appends = flags&unix.O_APPEND != 0
+	return f, n.m.openFlags(&x, fd, flags), 0
 }
 
 func openNoSymlinks(l loc, flags int) (int, error) {
@@ -335,9 +340,9 @@ var localFs = map[int64]bool{
 // cache: the kernel would fill it at the offset it believes is the end, and
 // the bytes there are SOURCE's when SOURCE appended meanwhile; the kernel
 // drops the cached size after each write, and a later read then sees the
-// real one. A direct-IO descriptor cannot be mapped shared, so no mmap
-// write-back is ever sent through the O_APPEND descriptor, where it would
-// land at the end instead of in place.
+// real one. A direct-IO descriptor is mapped shared as any other
+// (FUSE_DIRECT_IO_ALLOW_MMAP, mount.go); the map's pages come back through
+// it, and those writes go in place (writeInPlace), not at the end.
 func (m *shared) openFlags(x *unix.Statx_t, fd int, flags uint32) uint32 {
 	var f uint32
 	if m.isLocalFs(x, fd) {
@@ -347,6 +352,65 @@ func (m *shared) openFlags(x *unix.Statx_t, fd int, flags uint32) uint32 {
 		f |= fuse.FOPEN_DIRECT_IO
 	}
 	return f
+}
+
+// writebacks marks the WRITEs that carry a shared map's pages back to the
+// file (FUSE_WRITE_CACHE): their offset is the page's, to be kept even on
+// an O_APPEND descriptor, where every other write goes to the end. go-fuse
+// hands a file the offset but not the flag; the flag is kept in
+// writingBackNow, by the request's cancel channel, which is its context's
+// Done and unique among the requests in flight (as umasks does).
+type writebacks struct{ fuse.RawFileSystem }
+
+// writingBackNow holds the cancel channels of the WRITEs in flight that
+// carry a map's pages back. (One for the process: the channels are unique
+// across mirrors too.)
+var writingBackNow sync.Map
+
+func (w *writebacks) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
+	if in.WriteFlags&fuse.WRITE_CACHE == 0 {
+		return w.RawFileSystem.Writev(cancel, in, data)
+	}
+	writingBackNow.Store(cancel, struct{}{})
+	defer writingBackNow.Delete(cancel)
+	return w.RawFileSystem.Writev(cancel, in, data)
+}
+
+func (w *writebacks) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
+	if in.WriteFlags&fuse.WRITE_CACHE == 0 {
+		return w.RawFileSystem.Write(cancel, in, data)
+	}
+	writingBackNow.Store(cancel, struct{}{})
+	defer writingBackNow.Delete(cancel)
+	return w.RawFileSystem.Write(cancel, in, data)
+}
+
+// writingBack says whether ctx's request carries a map's pages back.
+func writingBack(ctx context.Context) bool {
+	_, ok := writingBackNow.Load(ctx.Done())
+	return ok
+}
+
+// writeInPlace writes data at off through f's O_APPEND descriptor: with
+// RWF_NOAPPEND (Linux 6.9+) the offset holds for this one write; on an
+// older kernel, through a descriptor of the same file opened anew without
+// O_APPEND. It runs as the daemon: the kernel sends a writeback as nobody's
+// (uid 0), on a file the caller opened for writing.
+func (f *file) writeInPlace(data [][]byte, off int64) (uint32, syscall.Errno) {
+	fd, ok := f.PassthroughFd()
+	if !ok {
+		return 0, syscall.EBADF
+	}
+	n, err := unix.Pwritev2(fd, data, off, unix.RWF_NOAPPEND)
+	if err == unix.EOPNOTSUPP {
+		again, oerr := unix.Open(loc{dir: fd}.proc(), unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		if oerr != nil {
+			return 0, gofs.ToErrno(oerr)
+		}
+		n, err = unix.Pwritev(again, data, off)
+		unix.Close(again)
+	}
+	return uint32(n), gofs.ToErrno(err)
 }
 
 // isLocalFs says whether x, open at fd, is on one of localFs. The answer
