@@ -101,12 +101,13 @@ func (n *node) locate(name string) (loc, syscall.Errno) {
 	return holder.locateByPath(name) // out of descriptors: walk from the root
 }
 
-// locateFor finds n itself for a request of ctx's caller. For a request
+// locateFor finds n itself for an open by ctx's caller. For a request
 // carried out with her credentials (creds.go) it is a descriptor of n's
 // file (locateSelf), not a name in a folder: the folder go-fuse keeps as
 // n's parent is one of the file's names, not necessarily the one she came
 // by (a hard link), and she may not search it, while the kernel has
-// checked the path she took. Root's requests keep the cheaper name.
+// checked the path she took. Root's opens keep the cheaper name: open
+// checks what it opened (mustBe) with the statx it makes anyway.
 func (n *node) locateFor(ctx context.Context) (loc, syscall.Errno) {
 	if n.m.switches(ctx) {
 		return n.locateSelf()
@@ -375,7 +376,8 @@ func (n *node) closing(h handle) {
 // file is an open file of the mirror.
 type file struct {
 	*gofs.LoopbackFile
-	n *node
+	n       *node
+	appends bool // its descriptor is O_APPEND (loopback.go, writeInPlace)
 }
 
 func (n *node) newFile(fd int) *file {
@@ -400,6 +402,9 @@ var _ = (gofs.FileWriter)((*file)(nil))
 // clears its set-id bits as one by her does. (Through passthrough the kernel
 // writes without asking; see backing.)
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if f.appends && writingBack(ctx) {
+		return f.writeInPlace([][]byte{data}, off)
+	}
 	var n uint32
 	errno := f.n.m.asCaller(ctx, func() (errno syscall.Errno) {
 		n, errno = f.LoopbackFile.Write(ctx, data, off)
@@ -420,6 +425,9 @@ var _ = (gofs.FileWritever)((*file)(nil))
 // Writev writes as the caller, as Write does: go-fuse calls it for a write
 // whose data comes in pieces, and LoopbackFile's would write as root.
 func (f *file) Writev(ctx context.Context, data [][]byte, off int64) (uint32, syscall.Errno) {
+	if f.appends && writingBack(ctx) {
+		return f.writeInPlace(data, off)
+	}
 	var n uint32
 	errno := f.n.m.asCaller(ctx, func() (errno syscall.Errno) {
 		n, errno = f.LoopbackFile.Writev(ctx, data, off)
@@ -459,6 +467,39 @@ const (
 	lockWaitMax = 50 * time.Millisecond
 )
 
+var _ = (gofs.FileSetlker)((*file)(nil))
+
+// Setlk takes or lets go of a lock (POSIX or flock) without waiting; see
+// Setlkw for what a lock taken does.
+func (f *file) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	errno := f.LoopbackFile.Setlk(ctx, owner, lk, flags)
+	f.synchronized(lk, errno)
+	return errno
+}
+
+// synchronized makes a lock taken a point where the mirror side sees what
+// SOURCE wrote, as NFS does (close-to-open, and locks): the kernel's pages
+// and attributes of the file are dropped before it is told the lock is
+// hers, so that what she reads under the lock is read from SOURCE, where
+// the other side wrote before letting go of it. (Writes through the mirror
+// need nothing at the unlock: without a writeback cache each is on SOURCE
+// before the write returns.)
+//
+// The notification is written from within the lock request, before its
+// reply: the kernel's FUSE_NOTIFY_INVAL_INODE takes no lock the locking
+// process holds (only the connection's killsb, shared, and the pages'
+// locks); a page locked for a read, or a dirty mapped page it writes back
+// first, waits for a READ or WRITE that go-fuse serves on another
+// goroutine (it starts a reader whenever none is left waiting). Unlocks
+// and failures drop nothing. It costs one write to /dev/fuse per lock
+// taken, and the rereads.
+func (f *file) synchronized(lk *fuse.FileLock, errno syscall.Errno) {
+	// (A node outside a mounted tree, as in unit tests, has no kernel to tell.)
+	if errno == 0 && lk.Typ != syscall.F_UNLCK && f.n.m.root != nil {
+		f.n.NotifyContent(0, 0) // ENOENT: the kernel keeps nothing of n
+	}
+}
+
 var _ = (gofs.FileSetlkwer)((*file)(nil))
 
 // Setlkw waits for a lock (POSIX or flock, as Setlk tells them apart by
@@ -477,7 +518,7 @@ var _ = (gofs.FileSetlkwer)((*file)(nil))
 func (f *file) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
 	wait := lockWaitMin
 	for {
-		errno := f.LoopbackFile.Setlk(ctx, owner, lk, flags)
+		errno := f.Setlk(ctx, owner, lk, flags)
 		if errno != syscall.EAGAIN && errno != syscall.EACCES {
 			return errno // taken, or an error that waiting does not mend
 		}

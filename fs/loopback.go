@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -178,11 +179,13 @@ func (n *node) openNew(ctx context.Context, name string, flags, mode uint32, out
 		return nil, nil, 0, errno
 	}
 	child := n.newChild(ctx, &x, out)
-	return child, child.Operations().(*node).newFile(fd), n.m.openFlags(&x, fd, flags), 0
+	f := child.Operations().(*node).newFile(fd)
+	f.appends = flags&unix.O_APPEND != 0
+	return child, f, n.m.openFlags(&x, fd, flags), 0
 }
 
 func (n *node) link(ctx context.Context, target *node, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	from, errno := target.locateFor(ctx)
+	from, errno := target.locateSelf() // the target's file, not what has its name now
 	if errno != 0 {
 		return nil, errno
 	}
@@ -235,12 +238,13 @@ func (n *node) rename(ctx context.Context, name string, to *node, newName string
 }
 
 // Readlink reads n's target, unless n is hidden (a symlink held open with
-// O_PATH from before a reload).
+// O_PATH from before a reload): n's own, not that of a symlink put at its
+// name since (locateSelf).
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
 		return nil, errno
 	}
-	l, errno := n.locate("")
+	l, errno := n.locateSelf()
 	if errno != 0 {
 		return nil, errno
 	}
@@ -294,7 +298,9 @@ func (n *node) open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		unix.Close(fd)
 		return nil, 0, errno
 	}
-	return n.newFile(fd), n.m.openFlags(&x, fd, flags), 0
+	f := n.newFile(fd)
+	f.appends = flags&unix.O_APPEND != 0
+	return f, n.m.openFlags(&x, fd, flags), 0
 }
 
 func openNoSymlinks(l loc, flags int) (int, error) {
@@ -334,9 +340,9 @@ var localFs = map[int64]bool{
 // cache: the kernel would fill it at the offset it believes is the end, and
 // the bytes there are SOURCE's when SOURCE appended meanwhile; the kernel
 // drops the cached size after each write, and a later read then sees the
-// real one. A direct-IO descriptor cannot be mapped shared, so no mmap
-// write-back is ever sent through the O_APPEND descriptor, where it would
-// land at the end instead of in place.
+// real one. A direct-IO descriptor is mapped shared as any other
+// (FUSE_DIRECT_IO_ALLOW_MMAP, mount.go); the map's pages come back through
+// it, and those writes go in place (writeInPlace), not at the end.
 func (m *shared) openFlags(x *unix.Statx_t, fd int, flags uint32) uint32 {
 	var f uint32
 	if m.isLocalFs(x, fd) {
@@ -346,6 +352,65 @@ func (m *shared) openFlags(x *unix.Statx_t, fd int, flags uint32) uint32 {
 		f |= fuse.FOPEN_DIRECT_IO
 	}
 	return f
+}
+
+// writebacks marks the WRITEs that carry a shared map's pages back to the
+// file (FUSE_WRITE_CACHE): their offset is the page's, to be kept even on
+// an O_APPEND descriptor, where every other write goes to the end. go-fuse
+// hands a file the offset but not the flag; the flag is kept in
+// writingBackNow, by the request's cancel channel, which is its context's
+// Done and unique among the requests in flight (as umasks does).
+type writebacks struct{ fuse.RawFileSystem }
+
+// writingBackNow holds the cancel channels of the WRITEs in flight that
+// carry a map's pages back. (One for the process: the channels are unique
+// across mirrors too.)
+var writingBackNow sync.Map
+
+func (w *writebacks) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
+	if in.WriteFlags&fuse.WRITE_CACHE == 0 {
+		return w.RawFileSystem.Writev(cancel, in, data)
+	}
+	writingBackNow.Store(cancel, struct{}{})
+	defer writingBackNow.Delete(cancel)
+	return w.RawFileSystem.Writev(cancel, in, data)
+}
+
+func (w *writebacks) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
+	if in.WriteFlags&fuse.WRITE_CACHE == 0 {
+		return w.RawFileSystem.Write(cancel, in, data)
+	}
+	writingBackNow.Store(cancel, struct{}{})
+	defer writingBackNow.Delete(cancel)
+	return w.RawFileSystem.Write(cancel, in, data)
+}
+
+// writingBack says whether ctx's request carries a map's pages back.
+func writingBack(ctx context.Context) bool {
+	_, ok := writingBackNow.Load(ctx.Done())
+	return ok
+}
+
+// writeInPlace writes data at off through f's O_APPEND descriptor: with
+// RWF_NOAPPEND (Linux 6.9+) the offset holds for this one write; on an
+// older kernel, through a descriptor of the same file opened anew without
+// O_APPEND. It runs as the daemon: the kernel sends a writeback as nobody's
+// (uid 0), on a file the caller opened for writing.
+func (f *file) writeInPlace(data [][]byte, off int64) (uint32, syscall.Errno) {
+	fd, ok := f.PassthroughFd()
+	if !ok {
+		return 0, syscall.EBADF
+	}
+	n, err := unix.Pwritev2(fd, data, off, unix.RWF_NOAPPEND)
+	if err == unix.EOPNOTSUPP {
+		again, oerr := unix.Open(loc{dir: fd}.proc(), unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		if oerr != nil {
+			return 0, gofs.ToErrno(oerr)
+		}
+		n, err = unix.Pwritev(again, data, off)
+		unix.Close(again)
+	}
+	return uint32(n), gofs.ToErrno(err)
 }
 
 // isLocalFs says whether x, open at fd, is on one of localFs. The answer
@@ -412,12 +477,17 @@ func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 
 // setattrAsCaller makes the changes in asks for with the caller's
 // credentials: by the open file f if there is one (which describes it
-// too), else at n itself.
+// too), else on a descriptor of n's own file (locateSelf), for root's
+// requests too: a file put at n's name on SOURCE since gets ESTALE, never
+// the change (the kernel looks the name up again and retries a chmod,
+// truncate, chown or utimes by name; one through a descriptor of the old
+// file fails). That costs an O_PATH open, a statx and a close; the chmod
+// and truncate, which go through /proc, would open one anyway.
 func (n *node) setattrAsCaller(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if fs, ok := f.(gofs.FileSetattrer); ok {
 		return n.m.asCaller(ctx, func() syscall.Errno { return fs.Setattr(ctx, in, out) })
 	}
-	l, errno := n.locateFor(ctx) // as the daemon: she need not search go-fuse's parent
+	l, errno := n.locateSelf() // as the daemon: she need not search go-fuse's parent
 	if errno != 0 {
 		return errno
 	}
@@ -576,14 +646,15 @@ func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags, mask uint32,
 }
 
 // Statfs describes the file system that holds n, through a descriptor of
-// n itself: never through a path that follows a symlink, which would tell
-// a caller whether a path she may not search exists, or make the daemon
-// wait on an automount or a dead network mount.
+// n itself (locateSelf: another file put at n's name may be on another
+// file system): never through a path that follows a symlink, which would
+// tell a caller whether a path she may not search exists, or make the
+// daemon wait on an automount or a dead network mount.
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
 		return errno
 	}
-	l, errno := n.locate("")
+	l, errno := n.locateSelf()
 	if errno != 0 {
 		return errno
 	}
@@ -600,9 +671,13 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 // xattr runs call on a path to n, as the caller (reading too: as root, the
 // trusted.* attributes would be read and listed for anyone); follow says
 // whether the path is a /proc link to n, to be followed, or n's own name,
-// not to be.
+// not to be. The path is that of a descriptor of n's own file (locateSelf),
+// for root's requests too: the attributes of a file put at n's name since
+// are not n's to read or change (ESTALE; the kernel retries a call by
+// name after a fresh lookup). That costs an O_PATH open, a statx and a
+// close more than a path through n's folder.
 func (n *node) xattr(ctx context.Context, call func(path string, follow bool) (int, error)) (uint32, syscall.Errno) {
-	l, errno := n.locateFor(ctx)
+	l, errno := n.locateSelf()
 	if errno != 0 {
 		return 0, errno
 	}
@@ -616,9 +691,10 @@ func (n *node) xattr(ctx context.Context, call func(path string, follow bool) (i
 	return uint32(size), errno
 }
 
-// xattrAsDaemon runs call on a path to n with the daemon's credentials.
+// xattrAsDaemon runs call on a path to n's own file with the daemon's
+// credentials.
 func (n *node) xattrAsDaemon(call func(path string, follow bool) (int, error)) (uint32, syscall.Errno) {
-	l, errno := n.locate("")
+	l, errno := n.locateSelf()
 	if errno != 0 {
 		return 0, errno
 	}

@@ -80,7 +80,7 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 	opts := o.gofsOptions(b)
 	opts.RootStableAttr = &root.m.rootAttr // the mountpoint shows SOURCE's inode number, not 0
 	opts.MaxWrite = maxWrite
-	raw := &bridgeInit{&umasks{gofs.NewNodeFS(root, opts), &root.m.umasks}, b}
+	raw := &bridgeInit{&writebacks{&umasks{gofs.NewNodeFS(root, opts), &root.m.umasks}}, b}
 	mount := mountFusermount
 	if os.Geteuid() == 0 {
 		mount = mountKernel
@@ -342,8 +342,9 @@ func (o Options) gofsOptions(b *backing) *gofs.Options {
 			// as long as the attributes (the policy's attr_timeout).
 			EnableAcl: true,
 			// The umask comes apart from the mode: a default ACL replaces it
-			// (umask.go).
-			ExtraCapabilities: fuse.CAP_DONT_MASK,
+			// (umask.go). A direct-I/O descriptor (an appending one,
+			// loopback.go openFlags) may be mapped shared (Linux 6.6+).
+			ExtraCapabilities: fuse.CAP_DONT_MASK | fuse.CAP_DIRECT_IO_ALLOW_MMAP,
 			// Read replies are copied, not spliced: for the common small
 			// reads a splice costs more calls than it saves copying.
 			DisableSplice: true,
