@@ -334,9 +334,9 @@ var localFs = map[int64]bool{
 
 // openFlags are the FOPEN_ flags for the file x, open at fd with flags.
 //
-// An appending open is FOPEN_DIRECT_IO (unless passthrough serves it: there
-// the kernel writes the file itself, at its real end, and ignores the
-// flag). Its writes go to the daemon without filling the kernel's page
+// An appending open is FOPEN_DIRECT_IO (unless passthrough serves it:
+// there the kernel writes the file itself, at its real end, and the flag is
+// dropped, passthroughWins). Its writes go to the daemon without filling the kernel's page
 // cache: the kernel would fill it at the offset it believes is the end, and
 // the bytes there are SOURCE's when SOURCE appended meanwhile; the kernel
 // drops the cached size after each write, and a later read then sees the
@@ -352,6 +352,30 @@ func (m *shared) openFlags(x *unix.Statx_t, fd int, flags uint32) uint32 {
 		f |= fuse.FOPEN_DIRECT_IO
 	}
 	return f
+}
+
+// Open and Create drop FOPEN_DIRECT_IO from a reply that go-fuse's bridge
+// gave passthrough: the kernel lets FOPEN_DIRECT_IO override passthrough
+// (fs/fuse/file.c, fuse_file_write_iter), and an appending descriptor's
+// writes would then come to the daemon, as root's write keeping set-id
+// bits that a passthrough write clears. Passthrough appends at the file's
+// real end by itself.
+func (w *writebacks) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	st := w.RawFileSystem.Open(cancel, in, out)
+	passthroughWins(out)
+	return st
+}
+
+func (w *writebacks) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
+	st := w.RawFileSystem.Create(cancel, in, name, out)
+	passthroughWins(&out.OpenOut)
+	return st
+}
+
+func passthroughWins(out *fuse.OpenOut) {
+	if out.OpenFlags&fuse.FOPEN_PASSTHROUGH != 0 {
+		out.OpenFlags &^= fuse.FOPEN_DIRECT_IO
+	}
 }
 
 // writebacks marks the WRITEs that carry a shared map's pages back to the
