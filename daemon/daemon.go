@@ -151,7 +151,7 @@ func (d *daemon) ready(rep *reporter) {
 	// Both kinds of read-only: the kernel mount's (-o ro) and the policy's
 	// read_only; either refuses writes, and a line naming one alone misleads.
 	d.log.Info("ready", "source", cfg.Source, "mountpoint", cfg.Mountpoint, "passthrough", d.mirror.Passthrough(),
-		"mount", mountMode(cfg), "watch", d.mirror.Watch(), "policy", describe(d.policy))
+		"watch", d.mirror.Watch(), "mount", mountMode(cfg), "policy", describe(d.policy))
 	rep.ready(fmt.Sprintf("mirrorfs: mounted %s at %s (pid %d, log %s, mount %s, policy read_only=%v, passthrough %s)",
 		cfg.Source, cfg.Mountpoint, os.Getpid(), d.logName(), mountMode(cfg), d.policy.ReadOnly, d.mirror.Passthrough()))
 	sd.SdNotify(false, sd.SdNotifyReady)

@@ -18,7 +18,7 @@ func TestBackgroundStartServesAndStops(t *testing.T) {
 	os.WriteFile(filepath.Join(e.src, "hello.txt"), []byte("hello\n"), 0o644)
 	r := e.start()
 	pid := e.pid()
-	want := fmt.Sprintf("mirrorfs: mounted %s at %s (pid %d, log %s, passthrough ", e.src, e.mnt, pid, e.logf)
+	want := fmt.Sprintf("mirrorfs: mounted %s at %s (pid %d, log %s, mount rw, policy read_only=false, passthrough ", e.src, e.mnt, pid, e.logf)
 	if !strings.HasPrefix(r.stdout, want) || strings.Count(r.stdout, "\n") != 1 {
 		t.Errorf("start printed %q, want one line starting %q", r.stdout, want)
 	}

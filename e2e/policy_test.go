@@ -197,7 +197,7 @@ func TestStartWithBrokenPolicyRefused(t *testing.T) {
 	e := newEnv(t)
 	path := e.writePolicy("hide = ['[x']\n")
 	r := mirrorfs(t, e.dir, e.args("-o", "config=policy.toml")...)
-	want := fmt.Sprintf("mirrorfs: %s:1: key \"hide\": pattern \"[x\": syntax error in pattern\n", path)
+	want := fmt.Sprintf("mirrorfs: %s:1: key \"hide\": pattern \"[x\": syntax error in pattern; expected a glob pattern (*, ?, [a-z], \\ to escape)\n", path)
 	if r.code != 1 || r.stderr != want {
 		t.Errorf("exit %d, %q; want 1, %q", r.code, r.stderr, want)
 	}

@@ -77,6 +77,7 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 	root.m.watch = w
 	root.m.calls.log = o.Log
 	b := &backing{disabled: o.NoPassthrough, log: o.Log, calls: root.m.registrar()}
+	root.m.backing = b
 	opts := o.gofsOptions(b)
 	opts.RootStableAttr = &root.m.rootAttr // the mountpoint shows SOURCE's inode number, not 0
 	opts.MaxWrite = maxWrite

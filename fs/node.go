@@ -29,6 +29,7 @@ type shared struct {
 	umasks    umaskTable   // the umask of each request making an entry (umask.go)
 	localDevs sync.Map     // device → whether on a localFs (loopback.go)
 	watch     *watcher     // tells the kernel of changes on SOURCE (watch.go); nil: none
+	backing   *backing     // passthrough's state (passthrough.go)
 }
 
 // node is one file or directory of the mirror: the loopback (loopback.go),

@@ -160,6 +160,9 @@ func (b *backing) State() string {
 	return b.state
 }
 
+// passthrough says whether passthrough serves the mirror's files.
+func (m *shared) passthrough() bool { return m.backing != nil && m.backing.State() == "on" }
+
 // probe finds out at start-up whether passthrough works for files of the
 // source, by registering an unnamed temporary file there.
 func (b *backing) probe(source string) {

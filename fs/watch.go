@@ -494,12 +494,18 @@ func (c *changes) send(n *node) int {
 // needs nothing (the next open asks for attributes). It returns how many
 // notifications that took, counting the invalidation before it.
 func (n *node) storeSize() int {
+	if n.m.passthrough() {
+		return 1 // a map of a passthrough file is the backing file's: its size is SOURCE's
+	}
 	l, errno := n.openLoc()
 	if errno != 0 {
 		return 1
 	}
 	defer l.done()
-	fd, err := unix.Open(l.proc(), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	// O_NOATIME: the daemon's read of the byte is no access by anyone.
+	// Not allowed on a file not the daemon's own without CAP_FOWNER: then
+	// no store (a read would change what the file shows).
+	fd, err := unix.Open(l.proc(), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOATIME, 0)
 	if err != nil {
 		return 1
 	}

@@ -20,14 +20,15 @@ import (
 type setting struct {
 	expected string                  // what the key takes, for the message
 	problem  func(v any) (is string) // "" if v is right, else what v is not
+	element  string                  // what one element takes, if the key takes a list
 }
 
 var settings = map[string]setting{
-	"read_only":     {"true or false", isBool},
-	"hide":          {`an array of patterns like ["*.tmp", ".git"]`, isPatterns},
-	"entry_timeout": {`a string like "1s" or "250ms"`, isDuration},
-	"attr_timeout":  {`a string like "1s" or "250ms"`, isDuration},
-	"log_level":     {`one of "debug", "info", "warn", "error"`, isLevel},
+	"read_only":     {"true or false", isBool, ""},
+	"hide":          {`an array of patterns like ["*.tmp", ".git"]`, isPatterns, `a glob pattern (*, ?, [a-z], \ to escape)`},
+	"entry_timeout": {`a string like "1s" or "250ms"`, isDuration, ""},
+	"attr_timeout":  {`a string like "1s" or "250ms"`, isDuration, ""},
+	"log_level":     {`one of "debug", "info", "warn", "error"`, isLevel, ""},
 }
 
 func knownKeys() string {

@@ -20,7 +20,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"\nlog_level = 3\n", `x.toml:2: key "log_level": 3 is not a log level; expected one of`},
 		{"hide = \"x\"\n", `x.toml:1: key "hide": "x" is not an array of patterns; expected an array of patterns like ["*.tmp", ".git"]`},
 		{"hide = [\"a\", 1]\n", `x.toml:1: key "hide": an array is not an array of strings (it holds 1); expected an array of patterns`},
-		{"hide = ['[']\n", `x.toml:1: key "hide": pattern "[": syntax error in pattern; expected an array of patterns`},
+		{"hide = ['[']\n", `x.toml:1: key "hide": pattern "[": syntax error in pattern; expected a glob pattern (*, ?, [a-z], \ to escape)`},
 		{"read_only = true\nbogus = 1\n", `x.toml:2: key "bogus": unknown key; expected one of attr_timeout, entry_timeout, hide, log_level, read_only`},
 		{"read_only = yes\n", `x.toml:1: key "read_only": unexpected character U+0079 'y' at start of value; expected true or false`},
 		{"read_only = true\nread_only = false\n", `x.toml:2: key "read_only": set a second time; expected each key once`},

@@ -113,7 +113,12 @@ func located(name string, src []byte, de *toml.DecodeError, what string) string 
 	if strings.Contains(msg, "already defined") {
 		msg = "set a second time; expected each key once"
 	} else if s, ok := settings[key]; ok && what == "" {
-		msg += "; expected " + s.expected // a syntax error in a known key's value
+		// A syntax error in a known key's value, or in one of its elements.
+		expected := s.expected
+		if s.element != "" && strings.HasPrefix(msg, "pattern ") {
+			expected = s.element
+		}
+		msg += "; expected " + expected
 	}
 	if key != "" {
 		return fmt.Sprintf("%s:%d: key %q: %s", name, row, key, msg)
