@@ -172,4 +172,3 @@ func costLoop(t *testing.T, mnt string, n int) time.Duration {
 	}
 	return time.Since(began)
 }
-
