@@ -109,6 +109,7 @@ type daemon struct {
 	level   *slog.LevelVar
 	state   State
 	health  health
+	stats   *statsWriter // publishes the statistics (stats.go)
 }
 
 func newDaemon(cfg *Config, env Env, args []string) *daemon {
@@ -161,6 +162,7 @@ func (d *daemon) ready(rep *reporter) {
 // it ends. The mount is already ended (or was never made).
 func (d *daemon) exit(why string, err error) {
 	sd.SdNotify(false, sd.SdNotifyStopping)
+	d.stats.close()
 	if d.pidfile != nil {
 		os.Remove(StatePath(d.pidfile.Path()))
 		d.pidfile.Release()

@@ -132,6 +132,7 @@ func (d *daemon) recordReload(err error, msg string) {
 func (d *daemon) writeState() {
 	d.state.Policy = describe(d.policy)
 	d.state.Passthrough = d.mirror.Passthrough()
+	d.publishStats()
 	path := StatePath(d.cfg.Pidfile)
 	if err := writeFileAtomic(path, d.state); err != nil {
 		d.log.Error("state file", "path", path, "err", err)

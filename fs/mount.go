@@ -49,6 +49,7 @@ type Mirror struct {
 	devMu      sync.Mutex    // guards dev: a reload may write to it while the session ends
 	dev        int           // a copy of the session's /dev/fuse descriptor, for incEpoch; -1: none
 	watching   string        // which watcher runs (watch.go)
+	stats      *Stats        // the session's counters (stats.go); nil: none kept
 }
 
 // Passthrough is the passthrough state: "on", "off (why)" or "unknown (why)".
@@ -81,7 +82,7 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 	opts := o.gofsOptions(b)
 	opts.RootStableAttr = &root.m.rootAttr // the mountpoint shows SOURCE's inode number, not 0
 	opts.MaxWrite = maxWrite
-	raw := &bridgeInit{&writebacks{&umasks{gofs.NewNodeFS(root, opts), &root.m.umasks}}, b}
+	raw, stats := withStats(&bridgeInit{&writebacks{&umasks{gofs.NewNodeFS(root, opts), &root.m.umasks}}, b})
 	mount := mountFusermount
 	if os.Geteuid() == 0 {
 		mount = mountKernel
@@ -97,7 +98,7 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 		}
 		return nil, err
 	}
-	m.backing, m.root, m.log, m.watching = b, root, o.Log, watching
+	m.backing, m.root, m.log, m.watching, m.stats = b, root, o.Log, watching, stats
 	m.done = make(chan struct{})
 	w.start(root) // before serveEnded, which stops it
 	go m.serveEnded()
