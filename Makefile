@@ -1,7 +1,7 @@
 # mirrorfs — run `make help` for the targets.
 # The version a user quotes: the latest v-tag as semver (1.2.0, or
 # 1.2.0-3-gHASH past it), else 0.0.0-dev+HASH; .dirty/-dirty for local changes.
-VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' --dirty 2>/dev/null) && echo "$${v\#v}" || \
+VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' --dirty 2>/dev/null) && echo "$$v" | sed 's/^v//' || \
 	{ h=$$(git rev-parse --short=12 HEAD 2>/dev/null) && echo "0.0.0-dev+$$h$$(git diff --quiet HEAD 2>/dev/null || echo .dirty)"; } || \
 	echo 0.0.0-dev)
 LDFLAGS := -X mirrorfs/daemon.Version=$(VERSION)

@@ -263,13 +263,12 @@ func (c *Config) setMountOption(opt string) error {
 		c.AllowOther = true
 	case opt == "allow_root":
 		c.AllowRoot = true
-	case opt == "default_permissions":
-		// The kernel checks mode bits and ACLs before a request reaches
-		// the daemon (allow_other turns it on anyway).
-		if !slices.Contains(c.KernelFlags, opt) {
-			c.KernelFlags = append(c.KernelFlags, opt)
-		}
-	case opt == "nonempty":
+	case opt == "default_permissions", opt == "nonempty":
+		// default_permissions is always on: the mirror has the kernel
+		// enforce POSIX ACLs (fs/mount.go, EnableAcl), and the kernel
+		// turns default_permissions on with them (fs/fuse/inode.c,
+		// FUSE_POSIX_ACL). fuse3 mounts on a folder that is not empty
+		// without being asked.
 		// fuse3 mounts on a folder that is not empty without being asked.
 	case key == "subtype" && value == "mirrorfs":
 	case key == "subtype":
