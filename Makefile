@@ -16,7 +16,7 @@ help: ## list the targets
 # What the binary is made of: it is rebuilt only when one of these is newer,
 # so that `sudo make install` works where root has no Go.
 SOURCES := $(shell find . -path ./bench -prune -o -path ./e2e -prune -o -type f \
-	\( -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.txt' \) -print 2>/dev/null) go.mod go.sum
+	\( -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.txt' \) -print 2>/dev/null) $(wildcard go.mod go.sum)
 
 .PHONY: build
 build: mirrorfs ## build ./mirrorfs (when a source is newer than it)
