@@ -1,5 +1,9 @@
 # mirrorfs — run `make help` for the targets.
-VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# The version a user quotes: the latest v-tag as semver (1.2.0, or
+# 1.2.0-3-gHASH past it), else 0.0.0-dev+HASH; .dirty/-dirty for local changes.
+VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' --dirty 2>/dev/null) && echo "$$v" | sed 's/^v//' || \
+	{ h=$$(git rev-parse --short=12 HEAD 2>/dev/null) && echo "0.0.0-dev+$$h$$(git diff --quiet HEAD 2>/dev/null || echo .dirty)"; } || \
+	echo 0.0.0-dev)
 LDFLAGS := -X mirrorfs/daemon.Version=$(VERSION)
 GO      ?= go
 
@@ -9,9 +13,22 @@ GO      ?= go
 help: ## list the targets
 	@grep -E '^[A-Za-z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
+# What the binary is made of: it is rebuilt only when one of these is newer,
+# so that `sudo make install` works where root has no Go.
+SOURCES := $(shell find . -path ./bench -prune -o -path ./e2e -prune -o -type f \
+	\( -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.txt' \) -print 2>/dev/null) $(wildcard go.mod go.sum)
+
 .PHONY: build
-build: ## build ./mirrorfs
+build: mirrorfs ## build ./mirrorfs (when a source is newer than it)
+
+mirrorfs: $(SOURCES)
 	CGO_ENABLED=1 $(GO) build -ldflags '$(LDFLAGS)' -o mirrorfs .
+
+.PHONY: man
+man: mirrorfs.8 ## mirrorfs(8), made from the --help text (check it: man -l mirrorfs.8)
+
+mirrorfs.8: mirrorfs
+	./mirrorfs --man > $@.tmp && mv $@.tmp $@
 
 .PHONY: test
 # The e2e tests that run again against a daemon built with -race; a race
@@ -85,14 +102,38 @@ lint: ## gofmt, go vet, shellcheck
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
 	$(GO) vet ./...
 	shellcheck scripts/mirrorfs-ctl scripts/test-deps .ci/run
+	shellcheck -s bash scripts/completion/mirrorfs-ctl.bash
+
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SBINDIR    ?= $(PREFIX)/sbin
+MANDIR     ?= $(PREFIX)/share/man
+DOCDIR     ?= $(PREFIX)/share/doc/mirrorfs
+COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
+UNITDIR    ?= /etc/systemd/system
+UNITS      := mirrorfs@.service mirrorfs-forking@.service
+EXAMPLES   := $(wildcard scripts/examples/*)
 
 .PHONY: install
-install: build ## install the binary, the wrapper and the systemd units
-	install -D -m 0755 mirrorfs $(DESTDIR)/usr/local/bin/mirrorfs
-	install -D -m 0755 scripts/mirrorfs-ctl $(DESTDIR)/usr/local/sbin/mirrorfs-ctl
-	install -D -m 0644 scripts/systemd/mirrorfs@.service $(DESTDIR)/etc/systemd/system/mirrorfs@.service
-	install -D -m 0644 scripts/systemd/mirrorfs-forking@.service $(DESTDIR)/etc/systemd/system/mirrorfs-forking@.service
+install: mirrorfs mirrorfs.8 ## install under DESTDIR/PREFIX (default /usr/local): binary, wrapper, units, man page, completion, examples
+	install -D -m 0755 mirrorfs $(DESTDIR)$(BINDIR)/mirrorfs
+	install -D -m 0755 scripts/mirrorfs-ctl $(DESTDIR)$(SBINDIR)/mirrorfs-ctl
+	install -D -m 0644 mirrorfs.8 $(DESTDIR)$(MANDIR)/man8/mirrorfs.8
+	install -D -m 0644 scripts/completion/mirrorfs-ctl.bash $(DESTDIR)$(COMPLETIONDIR)/mirrorfs-ctl
+	install -d $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(UNITDIR)
+	install -m 0644 $(EXAMPLES) $(DESTDIR)$(DOCDIR)/examples/
+	for u in $(UNITS); do \
+		sed 's|/usr/local/bin/mirrorfs|$(BINDIR)/mirrorfs|' scripts/systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+
+.PHONY: uninstall
+uninstall: ## remove what install put under DESTDIR/PREFIX
+	rm -f $(DESTDIR)$(BINDIR)/mirrorfs $(DESTDIR)$(SBINDIR)/mirrorfs-ctl $(DESTDIR)$(MANDIR)/man8/mirrorfs.8 \
+		$(DESTDIR)$(COMPLETIONDIR)/mirrorfs-ctl $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS)) \
+		$(addprefix $(DESTDIR)$(DOCDIR)/examples/,$(notdir $(EXAMPLES)))
+	-rmdir $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 .PHONY: clean
 clean: ## remove build output
-	rm -f mirrorfs mirrorfs.race
+	rm -f mirrorfs mirrorfs.race mirrorfs.8

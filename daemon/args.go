@@ -3,6 +3,8 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -24,13 +26,17 @@ type Config struct {
 	FsName        string
 	KernelFlags   []string // nodev, nosuid, noexec and their opposites, passed to mount(2)
 
+	AllowRoot bool        // allow_root: who may enter is root alone, which a root daemon's mount already is
+	LogLevel  *slog.Level // --log-level; nil: the policy file's log_level
+
 	Pidfile, Log   string // "" means derived from the mountpoint
 	ConfigFile     string // the policy file; "" means the default policy
 	CheckConfig    string // --check-config FILE: validate it and exit
 	ReadyTimeout   time.Duration
 	UnmountTimeout time.Duration
 
-	Help, Version bool
+	Help, Version, Man bool
+	DetachDead         string // --detach-dead MNT: detach a dead mirrorfs mount at MNT and exit
 }
 
 // ErrUsage marks a malformed command line (exit code 2).
@@ -55,6 +61,8 @@ var valueOptions = map[string]func(*Config, string) error{
 	"--check-config":    func(c *Config, v string) error { c.CheckConfig = v; return nil },
 	"--ready-timeout":   durationSetter("--ready-timeout", func(c *Config) *time.Duration { return &c.ReadyTimeout }),
 	"--unmount-timeout": durationSetter("--unmount-timeout", func(c *Config) *time.Duration { return &c.UnmountTimeout }),
+	"--log-level":       (*Config).setLogLevel,
+	"--detach-dead":     func(c *Config, v string) error { c.DetachDead = v; return nil },
 }
 
 var flagOptions = map[string]func(*Config){
@@ -62,6 +70,21 @@ var flagOptions = map[string]func(*Config){
 	"-d": func(c *Config) { c.Debug = true },
 	"-h": func(c *Config) { c.Help = true }, "--help": func(c *Config) { c.Help = true },
 	"-V": func(c *Config) { c.Version = true }, "--version": func(c *Config) { c.Version = true },
+	"--man": func(c *Config) { c.Man = true },
+}
+
+// logLevels are the levels --log-level takes: the policy file's names.
+var logLevels = map[string]slog.Level{
+	"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError,
+}
+
+func (c *Config) setLogLevel(v string) error {
+	l, ok := logLevels[v]
+	if !ok {
+		return usagef("--log-level: %q is not a log level (debug, info, warn, error)", v)
+	}
+	c.LogLevel = &l
+	return nil
 }
 
 func durationSetter(name string, field func(*Config) *time.Duration) func(*Config, string) error {
@@ -102,7 +125,7 @@ func ParseArgs(args []string) (*Config, error) {
 			i += next
 		}
 	}
-	if c.Help || c.Version || c.CheckConfig != "" {
+	if c.Help || c.Version || c.Man || c.CheckConfig != "" || c.DetachDead != "" {
 		return c, nil
 	}
 	if len(positionals) != 2 {
@@ -110,7 +133,25 @@ func ParseArgs(args []string) (*Config, error) {
 	}
 	c.Source, c.Mountpoint = positionals[0], positionals[1]
 	c.dropHelperDefaults(args)
-	return c, nil
+	return c, c.checkAccessOptions()
+}
+
+// geteuid is os.Geteuid; the unit tests play a user's daemon.
+var geteuid = os.Geteuid
+
+// checkAccessOptions refuses what libfuse refuses, and allow_root where it
+// would mean more than it does: the kernel knows no allow_root (libfuse
+// filters each request itself); a mount lets in the user who made it, and
+// a root daemon's is root's already. A user's daemon would need allow_other
+// to let root in, and would then let everyone in.
+func (c *Config) checkAccessOptions() error {
+	switch {
+	case c.AllowRoot && c.AllowOther:
+		return usagef("allow_root and allow_other exclude each other (as with libfuse): allow_other lets root in too")
+	case c.AllowRoot && geteuid() != 0:
+		return usagef("allow_root: a mirror mounted by uid %d lets in that user alone, and the kernel has no way to add root but allow_other, which lets in everyone; run mirrorfs as root, or use allow_other", geteuid())
+	}
+	return nil
 }
 
 // dropHelperDefaults undoes what mount.fuse3 adds for root: it calls
@@ -187,6 +228,21 @@ var kernelMountFlags = map[string]bool{
 	"nodev": true, "dev": true, "nosuid": true, "suid": true, "noexec": true, "exec": true,
 }
 
+// refusedMountOptions are familiar FUSE options that mirrorfs refuses
+// rather than accept and not honour, with the reason.
+var refusedMountOptions = map[string]string{
+	"kernel_cache": "kernel_cache is refused: it keeps a file's cached pages across opens, and a change made on SOURCE " +
+		"that no watcher reports (watch=off, an NFS source, a rewrite keeping size and mtime) would then be shown stale for good; " +
+		"each open starts from fresh pages, and passthrough reads SOURCE's own page cache",
+	"auto_cache": "auto_cache is refused: it keeps a file's cached pages across opens while size and mtime stay the same, " +
+		"and a rewrite on SOURCE within one clock tick keeps both; each open starts from fresh pages, " +
+		"and passthrough reads SOURCE's own page cache",
+}
+
+// subtypeRefused explains why subtype= takes no other value than mirrorfs.
+const subtypeRefused = "the mount's type stays fuse.mirrorfs: mirrorfs-ctl, the recovery of a dead mount and the health " +
+	"checks know a mirror by it (fsname=NAME names the mount in the table's source column)"
+
 var watchModes = map[string]bool{fs.WatchAuto: true, fs.WatchFanotify: true, fs.WatchInotify: true, fs.WatchOff: true}
 
 func (c *Config) setMountOptions(list string) error {
@@ -205,6 +261,20 @@ func (c *Config) setMountOption(opt string) error {
 		c.ReadOnly = opt == "ro" // the last one wins, as with mount(8)
 	case opt == "allow_other":
 		c.AllowOther = true
+	case opt == "allow_root":
+		c.AllowRoot = true
+	case opt == "default_permissions", opt == "nonempty":
+		// default_permissions is always on: the mirror has the kernel
+		// enforce POSIX ACLs (fs/mount.go, EnableAcl), and the kernel
+		// turns default_permissions on with them (fs/fuse/inode.c,
+		// FUSE_POSIX_ACL). fuse3 mounts on a folder that is not empty
+		// without being asked.
+		// fuse3 mounts on a folder that is not empty without being asked.
+	case key == "subtype" && value == "mirrorfs":
+	case key == "subtype":
+		return usagef("mount option %q: %s", opt, subtypeRefused)
+	case refusedMountOptions[opt] != "":
+		return usagef("mount option %q: %s", opt, refusedMountOptions[opt])
 	case opt == "debug":
 		c.Debug = true
 	case opt == "nopassthrough":
@@ -232,5 +302,5 @@ func (c *Config) setMountOption(opt string) error {
 
 // Background says whether this command line asks to detach.
 func (c *Config) Background() bool {
-	return !c.Foreground && !c.Debug && !c.Help && !c.Version && c.CheckConfig == ""
+	return !c.Foreground && !c.Debug && !c.Help && !c.Version && !c.Man && c.CheckConfig == "" && c.DetachDead == ""
 }

@@ -29,9 +29,6 @@ type Env struct {
 // OSEnv is the process's own.
 func OSEnv() Env { return Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv} }
 
-// Version is set at build time.
-var Version = "dev"
-
 //go:embed usage.txt
 var usageText string
 
@@ -59,8 +56,13 @@ func Main(args []string, env Env) int {
 		fmt.Fprint(env.Stdout, usage())
 		return ExitOK
 	case cfg.Version:
-		fmt.Fprintf(env.Stdout, "mirrorfs %s\n", Version)
+		fmt.Fprint(env.Stdout, versionText())
 		return ExitOK
+	case cfg.Man:
+		fmt.Fprint(env.Stdout, manPage(usage(), shortVersion()))
+		return ExitOK
+	case cfg.DetachDead != "":
+		return detachDead(cfg.DetachDead, env)
 	case cfg.CheckConfig != "":
 		return checkConfig(cfg.CheckConfig, env)
 	case cfg.Background() && !st.ran && env.Getenv("NOTIFY_SOCKET") == "":
@@ -114,6 +116,9 @@ type daemon struct {
 
 func newDaemon(cfg *Config, env Env, args []string) *daemon {
 	level := new(slog.LevelVar)
+	if cfg.LogLevel != nil {
+		level.Set(*cfg.LogLevel) // from the start on, not only once the policy is in force
+	}
 	return &daemon{
 		cfg: cfg, env: env, args: args, procs: fuseProcs(env.Getenv), level: level,
 		// Until the log is open, what there is to say goes to stderr.

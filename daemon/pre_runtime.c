@@ -65,7 +65,8 @@ const char *mfs_orig_cwd(void) { return orig_cwd; }
 
 /* Options that take a value in the next argument (or after '='). */
 static const char *const value_opts[] = {
-	"-o", "--pidfile", "--log", "--ready-timeout", "--unmount-timeout", "--config", NULL,
+	"-o", "--pidfile", "--log", "--ready-timeout", "--unmount-timeout", "--config", "--log-level",
+	NULL,
 };
 /* Options that keep the process in the foreground. */
 static const char *const stay_opts[] = {

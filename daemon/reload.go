@@ -23,10 +23,16 @@ func loadPolicy(name string) (*policy.Policy, error) {
 	return policy.Load(name)
 }
 
-// setLogLevel follows the policy's log_level; -o debug overrides it.
+// setLogLevel follows the policy's log_level; -o debug overrides it, and
+// so does --log-level, at every reload too: a reload made to change what
+// the mirror hides must not undo the level the operator started it with.
 func (d *daemon) setLogLevel(p *policy.Policy) {
 	if d.cfg.Debug {
 		d.level.Set(slog.LevelDebug)
+		return
+	}
+	if d.cfg.LogLevel != nil {
+		d.level.Set(*d.cfg.LogLevel)
 		return
 	}
 	d.level.Set(p.LogLevel)
