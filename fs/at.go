@@ -361,16 +361,24 @@ type handle interface {
 
 func (n *node) opened(h handle) {
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	n.handles = append(n.handles, h)
-	n.mu.Unlock()
+	if f, ok := h.(*file); ok {
+		if fd, ok := f.PassthroughFd(); ok {
+			n.m.watch.addFile(n, fd) // under n.mu: in step with closing
+		}
+	}
 }
 
 // closing takes h off the list, before it is closed: openLoc never copies
 // a descriptor that is closing.
 func (n *node) closing(h handle) {
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	n.handles = slices.DeleteFunc(n.handles, func(g handle) bool { return g == h })
-	n.mu.Unlock()
+	if _, ok := h.(*file); ok && len(n.handles) == 0 {
+		n.m.watch.removeFile(n)
+	}
 }
 
 // file is an open file of the mirror.
