@@ -321,12 +321,10 @@ func TestWatchLatency(t *testing.T) {
 // TestWatchHeldFileWithoutAName: a file held open through the mirror and
 // also on SOURCE, then renamed over through the mirror: it has no name
 // any more, and a write on SOURCE through the SOURCE side's descriptor must
-// still reach the mirror's held descriptor (the watcher knows the file by
-// its handle, not by the name it had). From a shrunk two-sided sequence.
+// still reach the mirror's held descriptor (the watcher knows the file as
+// itself, not by the name it had). From a shrunk two-sided sequence.
 func TestWatchHeldFileWithoutAName(t *testing.T) {
-	bothModes(t, func(t *testing.T, mode ...string) {
-		e := newEnv(t)
-		e.start(append([]string{"--config", e.writePolicy(longCaches)}, mode...)...)
+	watchModes(t, func(t *testing.T, e *env) {
 		held, err := os.OpenFile(filepath.Join(e.mnt, "b"), os.O_RDWR|os.O_CREATE, 0o644)
 		must(t, err)
 		defer held.Close()

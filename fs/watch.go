@@ -68,7 +68,7 @@ type watcher struct {
 	mu      sync.Mutex
 	folders map[string]*node // watch key (fid or wd) -> folder
 	keys    map[*node]string
-	files   map[string]*node // fid -> open file (fanotify): found by handle, named or not
+	files   map[string]*node // fid or wd -> open file: found as itself, named or not
 	fileKey map[*node]string
 	refused bool // a mark was refused (limits): logged once
 	sent    int  // notifications sent, for the debug log and tests
@@ -202,12 +202,13 @@ func (w *watcher) remove(n *node, fd int) {
 	unix.FanotifyMark(w.fd, unix.FAN_MARK_REMOVE|unix.FAN_MARK_INODE, fanMask, fd, ".")
 }
 
-// addFile knows n, a file just opened at fd, by its handle while it is
-// open, so that a change reported with the file's own handle reaches n,
-// whatever its name is then. An open file is the only kind that needs it:
-// the kernel keeps nothing of a file with no name that nobody holds open.
+// addFile knows n, a file just opened at fd, as itself while it is open:
+// by its handle (fanotify reports it with each change), or by a watch of
+// the file itself (inotify), so that a change reaches n whatever its name
+// is then. An open file is the only kind that needs it: the kernel keeps
+// nothing of a file with no name that nobody holds open.
 func (w *watcher) addFile(n *node, fd int) {
-	if w == nil || w.kind != WatchFanotify {
+	if w == nil {
 		return
 	}
 	w.mu.Lock()
@@ -216,7 +217,7 @@ func (w *watcher) addFile(n *node, fd int) {
 	if known {
 		return
 	}
-	key, err := fidKey(fd)
+	key, err := w.fileMark(fd)
 	if err != nil {
 		return // left to its name, as before
 	}
@@ -225,17 +226,31 @@ func (w *watcher) addFile(n *node, fd int) {
 	w.files[key], w.fileKey[n] = n, key
 }
 
-// removeFile forgets n's handle once its last open file is closed.
+// fileMark is the key the changes of the file open at fd come with.
+func (w *watcher) fileMark(fd int) (string, error) {
+	if w.kind == WatchFanotify {
+		return fidKey(fd)
+	}
+	wd, err := unix.InotifyAddWatch(w.fd, fmt.Sprintf("/proc/self/fd/%d", fd), inContent)
+	return wdKey(int32(wd)), err
+}
+
+// removeFile forgets n once its last open file is closed.
 func (w *watcher) removeFile(n *node) {
-	if w == nil || w.kind != WatchFanotify {
+	if w == nil {
 		return
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if key, ok := w.fileKey[n]; ok {
-		delete(w.fileKey, n)
-		if w.files[key] == n {
-			delete(w.files, key)
+	key, ok := w.fileKey[n]
+	if !ok {
+		return
+	}
+	delete(w.fileKey, n)
+	if w.files[key] == n {
+		delete(w.files, key)
+		if w.kind == WatchInotify {
+			unix.InotifyRmWatch(w.fd, binary.LittleEndian.Uint32([]byte(key)))
 		}
 	}
 }
@@ -406,6 +421,8 @@ func (w *watcher) parseInotify(buf []byte, b batch) {
 		}
 		if n := w.folder(wdKey(wd)); n != nil {
 			b.note(n, name, mask&inNames != 0, mask&inGone != 0, mask&inContent != 0)
+		} else if n := w.openFile(wdKey(wd)); n != nil && mask&inContent != 0 {
+			b.of(n).own = true
 		}
 	}
 }
@@ -417,6 +434,10 @@ func (w *watcher) forget(key string) {
 	if n := w.folders[key]; n != nil {
 		delete(w.folders, key)
 		delete(w.keys, n)
+	}
+	if n := w.files[key]; n != nil {
+		delete(w.files, key)
+		delete(w.fileKey, n)
 	}
 }
 
