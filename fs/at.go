@@ -418,6 +418,7 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 		n, errno = f.LoopbackFile.Write(ctx, data, off)
 		return errno
 	})
+	f.appended(off, n, errno)
 	return n, errno
 }
 
@@ -441,7 +442,30 @@ func (f *file) Writev(ctx context.Context, data [][]byte, off int64) (uint32, sy
 		n, errno = f.LoopbackFile.Writev(ctx, data, off)
 		return errno
 	})
+	f.appended(off, n, errno)
 	return n, errno
+}
+
+// appended gives the kernel the file's size after a write through f's
+// O_APPEND descriptor that landed past off, the end the kernel knew:
+// SOURCE grew the file meanwhile. The kernel takes off plus the bytes
+// written as the new size (fuse_write_update_attr), short of the real end,
+// and a shared map of the file, whose faults never ask for attributes,
+// stops there; the watcher skips the daemon's own write. From a goroutine:
+// a notification is not sent from within the request it is about.
+func (f *file) appended(off int64, n uint32, errno syscall.Errno) {
+	if !f.appends || errno != 0 || f.n.m.root == nil {
+		return
+	}
+	fd, ok := f.PassthroughFd()
+	var st unix.Stat_t
+	if !ok || unix.Fstat(fd, &st) != nil || st.Size <= off+int64(n) {
+		return
+	}
+	go func() {
+		f.n.NotifyContent(off, 0)
+		f.n.storeSize()
+	}()
 }
 
 // statxSyncType is AT_STATX_SYNC_TYPE, the statx flags that choose how
