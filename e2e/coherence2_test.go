@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -253,5 +254,43 @@ func TestCoherenceAppendingDescriptorMapsShared(t *testing.T) {
 			t.Fatalf("SOURCE after an append through the descriptor: %q, %v; want %q", b, err, want)
 		}
 		eventually(t, "the map to show the append", func() bool { return string(mapped[:len(want)]) == want })
+	})
+}
+
+// TestCoherenceAppendPastStaleEndReachesMaps: an append through the mirror
+// lands at SOURCE's real end, past the end the kernel knew (SOURCE grew the
+// file unseen: no watcher, long caches). A shared map of the file must
+// reach the real end: the kernel takes its own end plus the bytes written
+// as the size, and a map's faults never ask for attributes. From a shrunk
+// two-sided sequence (a race of appenders from both sides).
+func TestCoherenceAppendPastStaleEndReachesMaps(t *testing.T) {
+	bothModes(t, func(t *testing.T, mode ...string) {
+		e := newEnv(t)
+		writeFiles(t, e.src, map[string]string{"f": "0123456789"})
+		e.start(append([]string{"--config", e.writePolicy(longCaches), "-o", "watch=off"}, mode...)...)
+		m, err := os.Open(filepath.Join(e.mnt, "f"))
+		must(t, err)
+		defer m.Close()
+		mapped, err := unix.Mmap(int(m.Fd()), 0, 16384, unix.PROT_READ, unix.MAP_SHARED)
+		must(t, err)
+		defer unix.Munmap(mapped)
+		a, err := os.OpenFile(filepath.Join(e.mnt, "f"), os.O_WRONLY|os.O_APPEND, 0)
+		must(t, err)
+		defer a.Close()
+		// A page more, unseen by the kernel: a map's page within the size
+		// the kernel knows is read whole, bytes past that size too.
+		grown := strings.Repeat("S", 5000)
+		s, err := os.OpenFile(filepath.Join(e.src, "f"), os.O_WRONLY|os.O_APPEND, 0)
+		must(t, err)
+		_, err = s.WriteString(grown)
+		must(t, err)
+		must(t, s.Close())
+		_, err = a.WriteString("M")
+		must(t, err)
+		want := []byte("0123456789" + grown + "M")
+		if b, err := os.ReadFile(filepath.Join(e.src, "f")); err != nil || string(b) != string(want) {
+			t.Fatalf("SOURCE: %q, %v; want %q", b, err, want)
+		}
+		eventually(t, "the map to reach the real end", func() bool { return mapShows(mapped, want) })
 	})
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"os"
 	"path"
@@ -129,9 +130,29 @@ func (o tsOp) bytes() []byte {
 type tsFile struct {
 	data []byte
 	mode uint32
+	past map[uint64]bool // hashes of the bytes it held before
+}
+
+// remember keeps the bytes f holds now as one of its past states, before
+// they change: a read that shows them is a late view of f, not another file.
+func (f *tsFile) remember() {
+	if f.past == nil {
+		f.past = map[uint64]bool{}
+	}
+	f.past[tsHash(f.data)] = true
+}
+
+// held says whether f once held b.
+func (f *tsFile) held(b []byte) bool { return f.past[tsHash(b)] }
+
+func tsHash(b []byte) uint64 {
+	h := fnv.New64a()
+	h.Write(b)
+	return h.Sum64()
 }
 
 func (f *tsFile) writeAt(b []byte, off int64) {
+	f.remember()
 	if end := int(off) + len(b); end > len(f.data) {
 		f.data = append(f.data, make([]byte, end-len(f.data))...)
 	}
@@ -139,6 +160,7 @@ func (f *tsFile) writeAt(b []byte, off int64) {
 }
 
 func (f *tsFile) truncate(n int64) {
+	f.remember()
 	if int(n) <= len(f.data) {
 		f.data = f.data[:n]
 		return
@@ -336,6 +358,7 @@ func (w *tsWorker) write(o tsOp) error {
 func writeModel(fd int, f *tsFile, app bool, o tsOp) error {
 	b := o.bytes()
 	if app {
+		f.remember()
 		f.data = append(f.data, b...)
 		return fullWrite(unix.Write(fd, b))
 	}
@@ -466,6 +489,7 @@ func (w *tsWorker) raceResult(rel string, want []string) string {
 		return errnoOf(unwrapErrno(err))
 	}
 	old := f.data
+	f.remember()
 	f.data = got
 	if !bytes.HasPrefix(got, old) {
 		return fmt.Sprintf("the %d bytes before the race were overwritten", len(old))
@@ -652,8 +676,10 @@ func (w *tsWorker) checkHeld(h tsHeld) (string, bool) {
 	if b = b[:n]; err == nil && bytes.Equal(b, h.f.data) {
 		return "", false
 	}
+	// What the descriptor's own file held before is a late view, not the
+	// replacement's, even where the two hold the same bytes (both empty).
 	now := w.files[h.path]
-	replaced := now != nil && now != h.f && bytes.Equal(b, now.data)
+	replaced := now != nil && now != h.f && bytes.Equal(b, now.data) && !h.f.held(b)
 	if replaced {
 		return "reads the file that replaced its own", true
 	}

@@ -317,3 +317,27 @@ func TestWatchLatency(t *testing.T) {
 		}
 	})
 }
+
+// TestWatchHeldFileWithoutAName: a file held open through the mirror and
+// also on SOURCE, then renamed over through the mirror: it has no name
+// any more, and a write on SOURCE through the SOURCE side's descriptor must
+// still reach the mirror's held descriptor (the watcher knows the file as
+// itself, not by the name it had). From a shrunk two-sided sequence.
+func TestWatchHeldFileWithoutAName(t *testing.T) {
+	watchModes(t, func(t *testing.T, e *env) {
+		held, err := os.OpenFile(filepath.Join(e.mnt, "b"), os.O_RDWR|os.O_CREATE, 0o644)
+		must(t, err)
+		defer held.Close()
+		onSource, err := os.OpenFile(filepath.Join(e.src, "b"), os.O_WRONLY|os.O_APPEND, 0)
+		must(t, err)
+		defer onSource.Close()
+		must(t, os.WriteFile(filepath.Join(e.mnt, "a"), nil, 0o644))
+		must(t, os.Rename(filepath.Join(e.mnt, "a"), filepath.Join(e.mnt, "b")))
+		if got := preadAll(held); got != "error: EOF" {
+			t.Fatalf("held, before: %q", got)
+		}
+		_, err = onSource.WriteString("written on SOURCE")
+		must(t, err)
+		seen(t, "a write on SOURCE to a file with no name", func() bool { return preadAll(held) == "written on SOURCE" })
+	})
+}

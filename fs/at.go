@@ -361,16 +361,24 @@ type handle interface {
 
 func (n *node) opened(h handle) {
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	n.handles = append(n.handles, h)
-	n.mu.Unlock()
+	if f, ok := h.(*file); ok {
+		if fd, ok := f.PassthroughFd(); ok {
+			n.m.watch.addFile(n, fd) // under n.mu: in step with closing
+		}
+	}
 }
 
 // closing takes h off the list, before it is closed: openLoc never copies
 // a descriptor that is closing.
 func (n *node) closing(h handle) {
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	n.handles = slices.DeleteFunc(n.handles, func(g handle) bool { return g == h })
-	n.mu.Unlock()
+	if _, ok := h.(*file); ok && len(n.handles) == 0 {
+		n.m.watch.removeFile(n)
+	}
 }
 
 // file is an open file of the mirror.
@@ -410,6 +418,7 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 		n, errno = f.LoopbackFile.Write(ctx, data, off)
 		return errno
 	})
+	f.appended(off, n, errno)
 	return n, errno
 }
 
@@ -433,7 +442,30 @@ func (f *file) Writev(ctx context.Context, data [][]byte, off int64) (uint32, sy
 		n, errno = f.LoopbackFile.Writev(ctx, data, off)
 		return errno
 	})
+	f.appended(off, n, errno)
 	return n, errno
+}
+
+// appended gives the kernel the file's size after a write through f's
+// O_APPEND descriptor that landed past off, the end the kernel knew:
+// SOURCE grew the file meanwhile. The kernel takes off plus the bytes
+// written as the new size (fuse_write_update_attr), short of the real end,
+// and a shared map of the file, whose faults never ask for attributes,
+// stops there; the watcher skips the daemon's own write. From a goroutine:
+// a notification is not sent from within the request it is about.
+func (f *file) appended(off int64, n uint32, errno syscall.Errno) {
+	if !f.appends || errno != 0 || f.n.m.root == nil {
+		return
+	}
+	fd, ok := f.PassthroughFd()
+	var st unix.Stat_t
+	if !ok || unix.Fstat(fd, &st) != nil || st.Size <= off+int64(n) {
+		return
+	}
+	go func() {
+		f.n.NotifyContent(off, 0)
+		f.n.storeSize()
+	}()
 }
 
 // statxSyncType is AT_STATX_SYNC_TYPE, the statx flags that choose how

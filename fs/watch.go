@@ -68,6 +68,8 @@ type watcher struct {
 	mu      sync.Mutex
 	folders map[string]*node // watch key (fid or wd) -> folder
 	keys    map[*node]string
+	files   map[string]*node // fid or wd -> open file: found as itself, named or not
+	fileKey map[*node]string
 	refused bool // a mark was refused (limits): logged once
 	sent    int  // notifications sent, for the debug log and tests
 }
@@ -79,14 +81,19 @@ func newWatcher(mode string, log *slog.Logger) (*watcher, string, error) {
 		return nil, "off", nil
 	}
 	w := &watcher{log: log, self: int32(os.Getpid()), done: make(chan struct{}),
-		folders: map[string]*node{}, keys: map[*node]string{}}
+		folders: map[string]*node{}, keys: map[*node]string{},
+		files: map[string]*node{}, fileKey: map[*node]string{}}
 	var errF, errI error
 	if mode == "" || mode == WatchAuto || mode == WatchFanotify {
 		// Inode marks with file handles: open to users who are not root
 		// (Linux 5.13), and the pid of another's change is hidden from
-		// them, not the daemon's own.
+		// them, not the daemon's own. FAN_REPORT_FID adds the changed
+		// file's own handle to the folder's and the name: a file open
+		// through the mirror that lost its name (renamed over, unlinked)
+		// is still written through descriptors held on SOURCE, and its
+		// old name now leads to another file (addFile).
 		w.kind = WatchFanotify
-		w.fd, errF = unix.FanotifyInit(unix.FAN_CLASS_NOTIF|unix.FAN_REPORT_DFID_NAME|unix.FAN_CLOEXEC|unix.FAN_NONBLOCK, unix.O_RDONLY)
+		w.fd, errF = unix.FanotifyInit(unix.FAN_CLASS_NOTIF|unix.FAN_REPORT_DFID_NAME|unix.FAN_REPORT_FID|unix.FAN_CLOEXEC|unix.FAN_NONBLOCK, unix.O_RDONLY)
 		if errF == nil || mode == WatchFanotify {
 			return w.open(errF)
 		}
@@ -195,6 +202,65 @@ func (w *watcher) remove(n *node, fd int) {
 	unix.FanotifyMark(w.fd, unix.FAN_MARK_REMOVE|unix.FAN_MARK_INODE, fanMask, fd, ".")
 }
 
+// addFile knows n, a file just opened at fd, as itself while it is open:
+// by its handle (fanotify reports it with each change), or by a watch of
+// the file itself (inotify), so that a change reaches n whatever its name
+// is then. An open file is the only kind that needs it: the kernel keeps
+// nothing of a file with no name that nobody holds open.
+func (w *watcher) addFile(n *node, fd int) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	_, known := w.fileKey[n]
+	w.mu.Unlock()
+	if known {
+		return
+	}
+	key, err := w.fileMark(fd)
+	if err != nil {
+		return // left to its name, as before
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.files[key], w.fileKey[n] = n, key
+}
+
+// fileMark is the key the changes of the file open at fd come with.
+func (w *watcher) fileMark(fd int) (string, error) {
+	if w.kind == WatchFanotify {
+		return fidKey(fd)
+	}
+	wd, err := unix.InotifyAddWatch(w.fd, fmt.Sprintf("/proc/self/fd/%d", fd), inContent)
+	return wdKey(int32(wd)), err
+}
+
+// removeFile forgets n once its last open file is closed.
+func (w *watcher) removeFile(n *node) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	key, ok := w.fileKey[n]
+	if !ok {
+		return
+	}
+	delete(w.fileKey, n)
+	if w.files[key] == n {
+		delete(w.files, key)
+		if w.kind == WatchInotify {
+			unix.InotifyRmWatch(w.fd, binary.LittleEndian.Uint32([]byte(key)))
+		}
+	}
+}
+
+func (w *watcher) openFile(key string) *node {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.files[key]
+}
+
 func wdKey(wd int32) string {
 	return string(binary.LittleEndian.AppendUint32(nil, uint32(wd)))
 }
@@ -298,6 +364,7 @@ type changes struct {
 	names   map[string]bool
 	content map[string]bool
 	self    bool
+	own     bool // n is an open file whose content changed (noteOwnFid)
 }
 
 func (b batch) of(n *node) *changes {
@@ -354,6 +421,8 @@ func (w *watcher) parseInotify(buf []byte, b batch) {
 		}
 		if n := w.folder(wdKey(wd)); n != nil {
 			b.note(n, name, mask&inNames != 0, mask&inGone != 0, mask&inContent != 0)
+		} else if n := w.openFile(wdKey(wd)); n != nil && mask&inContent != 0 {
+			b.of(n).own = true
 		}
 	}
 }
@@ -365,6 +434,10 @@ func (w *watcher) forget(key string) {
 	if n := w.folders[key]; n != nil {
 		delete(w.folders, key)
 		delete(w.keys, n)
+	}
+	if n := w.files[key]; n != nil {
+		delete(w.files, key)
+		delete(w.fileKey, n)
 	}
 }
 
@@ -406,7 +479,8 @@ func (w *watcher) noteFid(info []byte, mask uint64, b batch) {
 		}
 		rec := info[fanInfoHeaderLen:size]
 		info = info[size:]
-		if typ != unix.FAN_EVENT_INFO_TYPE_DFID_NAME && typ != unix.FAN_EVENT_INFO_TYPE_DFID || len(rec) < 16 {
+		known := typ == unix.FAN_EVENT_INFO_TYPE_DFID_NAME || typ == unix.FAN_EVENT_INFO_TYPE_DFID || typ == unix.FAN_EVENT_INFO_TYPE_FID
+		if !known || len(rec) < 16 {
 			continue
 		}
 		fsid := [2]int32{int32(binary.NativeEndian.Uint32(rec[0:])), int32(binary.NativeEndian.Uint32(rec[4:]))}
@@ -415,7 +489,12 @@ func (w *watcher) noteFid(info []byte, mask uint64, b batch) {
 		if 16+hlen > len(rec) {
 			continue
 		}
-		n := w.folder(fidBytes(fsid, htype, rec[16:16+hlen]))
+		key := fidBytes(fsid, htype, rec[16:16+hlen])
+		if typ == unix.FAN_EVENT_INFO_TYPE_FID {
+			w.noteOwnFid(key, mask, b)
+			continue
+		}
+		n := w.folder(key)
 		if n == nil {
 			continue
 		}
@@ -424,6 +503,18 @@ func (w *watcher) noteFid(info []byte, mask uint64, b batch) {
 			name = cString(rec[16+hlen:])
 		}
 		b.note(n, name, mask&fanNames != 0, mask&fanGone != 0, mask&fanContent != 0)
+	}
+}
+
+// noteOwnFid notes the event whose object, a file or a watched folder
+// itself, has the handle key.
+func (w *watcher) noteOwnFid(key string, mask uint64, b batch) {
+	if n := w.folder(key); n != nil {
+		b.note(n, "", false, false, false)
+		return
+	}
+	if n := w.openFile(key); n != nil && mask&fanContent != 0 {
+		b.of(n).own = true
 	}
 }
 
@@ -443,8 +534,9 @@ func (w *watcher) send(root *node, b batch) {
 		sent += dropAll(root.EmbeddedInode())
 		delete(b, nil)
 	}
+	fresh := map[*node]bool{} // files whose content is dropped: once each
 	for n, c := range b {
-		sent += c.send(n)
+		sent += c.send(n, fresh)
 	}
 	if sent == 0 {
 		return
@@ -456,9 +548,10 @@ func (w *watcher) send(root *node, b batch) {
 	w.log.Debug("watch: changes on SOURCE sent to the kernel", "notifications", sent, "total", total)
 }
 
-// send tells the kernel what changed in folder n; it returns how many
-// notifications that took.
-func (c *changes) send(n *node) int {
+// send tells the kernel what changed in folder n, or in n's own file; it
+// returns how many notifications that took. fresh holds the files whose
+// content was dropped already in this batch.
+func (c *changes) send(n *node, fresh map[*node]bool) int {
 	sent := 0
 	for name, gone := range c.names {
 		child := n.GetChild(name)
@@ -471,9 +564,11 @@ func (c *changes) send(n *node) int {
 		// Even a name made in this batch: the kernel may have looked it
 		// up, and read the file, before the batch was read.
 		if child := n.GetChild(name); child != nil {
-			child.NotifyContent(0, 0)
-			sent += child.Operations().(*node).storeSize()
+			sent += child.Operations().(*node).dropContent(fresh)
 		}
+	}
+	if c.own {
+		sent += n.dropContent(fresh)
 	}
 	if len(c.names) > 0 || c.self {
 		// The kept listing goes with the folder's attributes (listingFlags).
@@ -482,6 +577,17 @@ func (c *changes) send(n *node) int {
 		sent++
 	}
 	return sent
+}
+
+// dropContent drops the kernel's attributes and pages of n's file, once
+// per batch (fresh), and gives it the size (storeSize).
+func (n *node) dropContent(fresh map[*node]bool) int {
+	if fresh[n] {
+		return 0
+	}
+	fresh[n] = true
+	n.NotifyContent(0, 0)
+	return n.storeSize()
 }
 
 // storeSize gives the kernel the size of n's file, if it is open: a
