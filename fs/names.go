@@ -2,10 +2,10 @@ package fs
 
 import (
 	"os"
+	"path"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"unicode"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -258,14 +258,6 @@ func (n *node) pathHidden(p *policy.Policy) bool {
 	return hidden
 }
 
-// hiddenErr is ENOENT when n is hidden under p: no new access to it.
-func (n *node) hiddenErr(p *policy.Policy) syscall.Errno {
-	if n.pathHidden(p) {
-		return syscall.ENOENT
-	}
-	return 0
-}
-
 // storedPath is n's path from the root by the names SOURCE stores: a
 // folder reached as "ETC" on a case-insensitive source is "etc" to an
 // anchored pattern. It is built only when such a pattern's last component
@@ -289,3 +281,21 @@ func (n *node) storedPath() string {
 	slices.Reverse(names)
 	return strings.Join(names, "/")
 }
+
+// childRel is the path of the entry name in n, from the mirror's root; it
+// is computed only when some pattern needs it.
+func (n *node) childRel(p *policy.Policy, name string) string {
+	if !p.NeedsPath() {
+		return ""
+	}
+	return path.Join(n.storedPath(), name)
+}
+
+// hidden says whether the entry name in n is hidden; the entry's path is
+// built only if an anchored pattern's last component matches the name.
+func (n *node) hidden(p *policy.Policy, name string, isDir bool) bool {
+	return p.Hides() && p.HiddenLazy(name, isDir, func() string { return path.Join(n.storedPath(), name) })
+}
+
+// mayHide says whether name in n could be hidden, whatever its type.
+func (n *node) mayHide(p *policy.Policy, name string) bool { return n.hidden(p, name, true) }

@@ -7,10 +7,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,6 +55,35 @@ func (l loc) proc() string {
 		return "/proc/self/fd/" + strconv.Itoa(l.dir)
 	}
 	return "/proc/self/fd/" + strconv.Itoa(l.dir) + "/" + l.path
+}
+
+// byInode runs call on a /proc path that names the entry at l itself, for
+// the calls that follow a symlink at the end of their path (chmod,
+// truncate): a symlink put at the name does not lead them elsewhere.
+func (l loc) byInode(call func(fd int, path string) error) error {
+	if l.path == "" {
+		return call(l.dir, l.proc())
+	}
+	fd, err := unix.Openat(l.dir, l.path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return call(fd, "/proc/self/fd/"+strconv.Itoa(fd))
+}
+
+// byFd runs call on a descriptor (O_PATH) of the entry at l itself, never
+// a symlink's target.
+func (l loc) byFd(call func(fd int) error) error {
+	if l.path == "" {
+		return call(l.dir)
+	}
+	fd, err := unix.Openat(l.dir, l.path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return call(fd)
 }
 
 // relPath is n's path from the mirror's root ("" for the root), and false
@@ -148,6 +175,22 @@ func (n *node) locateByPath(name string) (loc, syscall.Errno) {
 		rel += "/"
 	}
 	return n.m.walk(rel + name)
+}
+
+// openLoc locates n through a copy of an open file's descriptor.
+func (n *node) openLoc() (loc, syscall.Errno) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, h := range n.handles {
+		if fd, ok := h.descriptor(); ok {
+			dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+			if err != nil {
+				return loc{}, gofs.ToErrno(err)
+			}
+			return opened(dup), 0
+		}
+	}
+	return loc{}, syscall.ENOENT
 }
 
 // dirRef is a descriptor (O_PATH) of a folder of SOURCE, kept by the
@@ -269,17 +312,6 @@ func gone(l loc, errno syscall.Errno) syscall.Errno {
 	return errno
 }
 
-var _ = (gofs.NodeOnForgetter)((*node)(nil))
-
-// OnForget lets go of the kept descriptor once the kernel forgets n.
-func (n *node) OnForget() {
-	if r := n.kept.Swap(nil); r != nil {
-		n.m.kept.Add(-1)
-		n.m.watch.remove(n, r.fd) // while r.fd is still open
-		r.release()
-	}
-}
-
 // walk locates rel, a path below SOURCE: it opens the folder that holds
 // the entry, following no symlink on the way (a folder swapped for a
 // symlink on the source, or by a concurrent request, must not lead root
@@ -321,230 +353,4 @@ func openBeneath(dir int, path string) (int, error) {
 		fd, err = unix.Openat(dir, path, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	}
 	return fd, err
-}
-
-// byInode runs call on a /proc path that names the entry at l itself, for
-// the calls that follow a symlink at the end of their path (chmod,
-// truncate): a symlink put at the name does not lead them elsewhere.
-func (l loc) byInode(call func(fd int, path string) error) error {
-	if l.path == "" {
-		return call(l.dir, l.proc())
-	}
-	fd, err := unix.Openat(l.dir, l.path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	return call(fd, "/proc/self/fd/"+strconv.Itoa(fd))
-}
-
-// byFd runs call on a descriptor (O_PATH) of the entry at l itself, never
-// a symlink's target.
-func (l loc) byFd(call func(fd int) error) error {
-	if l.path == "" {
-		return call(l.dir)
-	}
-	fd, err := unix.Openat(l.dir, l.path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	return call(fd)
-}
-
-// Each node keeps a list of its open files and folders: once no folder
-// holds the node, they are the only way to it, and the kernel still asks
-// for a chmod, a utimens or an xattr of it by node.
-type handle interface {
-	descriptor() (int, bool)
-}
-
-func (n *node) opened(h handle) {
-	n.mu.Lock()
-	n.handles = append(n.handles, h)
-	n.mu.Unlock()
-}
-
-// closing takes h off the list, before it is closed: openLoc never copies
-// a descriptor that is closing.
-func (n *node) closing(h handle) {
-	n.mu.Lock()
-	n.handles = slices.DeleteFunc(n.handles, func(g handle) bool { return g == h })
-	n.mu.Unlock()
-}
-
-// file is an open file of the mirror.
-type file struct {
-	*gofs.LoopbackFile
-	n       *node
-	appends bool // its descriptor is O_APPEND (loopback.go, writeInPlace)
-}
-
-func (n *node) newFile(fd int) *file {
-	f := &file{LoopbackFile: gofs.NewLoopbackFile(fd).(*gofs.LoopbackFile), n: n}
-	n.opened(f)
-	return f
-}
-
-func (f *file) descriptor() (int, bool) { return f.PassthroughFd() }
-
-var _ = (gofs.FileReleaser)((*file)(nil))
-
-func (f *file) Release(ctx context.Context) syscall.Errno {
-	f.n.closing(f)
-	return f.LoopbackFile.Release(ctx)
-}
-
-var _ = (gofs.FileWriter)((*file)(nil))
-
-// Write writes as the caller: the blocks it takes are charged and limited
-// as hers (no root reserve, no quota bypass), and a write to a set-id file
-// clears its set-id bits as one by her does. (Through passthrough the kernel
-// writes without asking; see backing.)
-func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	if f.appends && writingBack(ctx) {
-		return f.writeInPlace([][]byte{data}, off)
-	}
-	var n uint32
-	errno := f.n.m.asCaller(ctx, func() (errno syscall.Errno) {
-		n, errno = f.LoopbackFile.Write(ctx, data, off)
-		return errno
-	})
-	return n, errno
-}
-
-var _ = (gofs.FileAllocater)((*file)(nil))
-
-// Allocate reserves blocks as the caller, as Write does.
-func (f *file) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
-	return f.n.m.asCaller(ctx, func() syscall.Errno { return f.LoopbackFile.Allocate(ctx, off, size, mode) })
-}
-
-var _ = (gofs.FileWritever)((*file)(nil))
-
-// Writev writes as the caller, as Write does: go-fuse calls it for a write
-// whose data comes in pieces, and LoopbackFile's would write as root.
-func (f *file) Writev(ctx context.Context, data [][]byte, off int64) (uint32, syscall.Errno) {
-	if f.appends && writingBack(ctx) {
-		return f.writeInPlace(data, off)
-	}
-	var n uint32
-	errno := f.n.m.asCaller(ctx, func() (errno syscall.Errno) {
-		n, errno = f.LoopbackFile.Writev(ctx, data, off)
-		return errno
-	})
-	return n, errno
-}
-
-// statxSyncType is AT_STATX_SYNC_TYPE, the statx flags that choose how
-// fresh the answer must be.
-const statxSyncType = unix.AT_STATX_FORCE_SYNC | unix.AT_STATX_DONT_SYNC
-
-var _ = (gofs.FileStatxer)((*file)(nil))
-
-// Statx describes the open file by its descriptor. LoopbackFile's passes
-// an empty path without AT_EMPTY_PATH (ENOENT) and the kernel's flags as
-// they come; only the sync type is the caller's to choose.
-func (f *file) Statx(ctx context.Context, flags, mask uint32, out *fuse.StatxOut) syscall.Errno {
-	fd, ok := f.PassthroughFd()
-	if !ok {
-		return syscall.EBADF
-	}
-	var x unix.Statx_t
-	err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|int(flags)&statxSyncType, int(mask), &x)
-	if err != nil {
-		return gofs.ToErrno(err)
-	}
-	out.FromStatx(&x)
-	out.SetTimeout(f.n.m.policy.Load().AttrTTL())
-	return 0
-}
-
-// Waits between two tries of a lock that is held: short at first, so that
-// a lock let go soon is taken soon, then no more than lockWaitMax.
-const (
-	lockWaitMin = time.Millisecond
-	lockWaitMax = 50 * time.Millisecond
-)
-
-var _ = (gofs.FileSetlker)((*file)(nil))
-
-// Setlk takes or lets go of a lock (POSIX or flock) without waiting; see
-// Setlkw for what a lock taken does.
-func (f *file) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
-	errno := f.LoopbackFile.Setlk(ctx, owner, lk, flags)
-	f.synchronized(lk, errno)
-	return errno
-}
-
-// synchronized makes a lock taken a point where the mirror side sees what
-// SOURCE wrote, as NFS does (close-to-open, and locks): the kernel's pages
-// and attributes of the file are dropped before it is told the lock is
-// hers, so that what she reads under the lock is read from SOURCE, where
-// the other side wrote before letting go of it. (Writes through the mirror
-// need nothing at the unlock: without a writeback cache each is on SOURCE
-// before the write returns.)
-//
-// The notification is written from within the lock request, before its
-// reply: the kernel's FUSE_NOTIFY_INVAL_INODE takes no lock the locking
-// process holds (only the connection's killsb, shared, and the pages'
-// locks); a page locked for a read, or a dirty mapped page it writes back
-// first, waits for a READ or WRITE that go-fuse serves on another
-// goroutine (it starts a reader whenever none is left waiting). Unlocks
-// and failures drop nothing. It costs one write to /dev/fuse per lock
-// taken, and the rereads.
-func (f *file) synchronized(lk *fuse.FileLock, errno syscall.Errno) {
-	// (A node outside a mounted tree, as in unit tests, has no kernel to tell.)
-	if errno == 0 && lk.Typ != syscall.F_UNLCK && f.n.m.root != nil {
-		f.n.NotifyContent(0, 0) // ENOENT: the kernel keeps nothing of n
-	}
-}
-
-var _ = (gofs.FileSetlkwer)((*file)(nil))
-
-// Setlkw waits for a lock (POSIX or flock, as Setlk tells them apart by
-// flags) without blocking a thread: LoopbackFile's blocks one in
-// fcntl(F_OFD_SETLKW) or flock(LOCK_EX) per waiter, for as long as the
-// lock is held, and a waiter killed meanwhile leaves it blocked, so that
-// any user could pile up threads until the daemon dies at the runtime's
-// limit. Here the waiter tries without blocking and sleeps on a timer
-// between tries, which holds no thread; a signal to the waiting process
-// (the kernel's FUSE_INTERRUPT) cancels ctx and ends the wait with EINTR.
-//
-// Locks are not refused under read_only: a lock changes nothing on SOURCE,
-// and it is taken on the caller's own open file, opened as her, so it is
-// what she may do there (flock on a read-only file; a POSIX write lock
-// only on a file open for writing, which read_only does not give).
-func (f *file) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
-	wait := lockWaitMin
-	for {
-		errno := f.Setlk(ctx, owner, lk, flags)
-		if errno != syscall.EAGAIN && errno != syscall.EACCES {
-			return errno // taken, or an error that waiting does not mend
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return syscall.EINTR
-		case <-t.C:
-		}
-		wait = min(2*wait, lockWaitMax)
-	}
-}
-
-// openLoc locates n through a copy of an open file's descriptor.
-func (n *node) openLoc() (loc, syscall.Errno) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, h := range n.handles {
-		if fd, ok := h.descriptor(); ok {
-			dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-			if err != nil {
-				return loc{}, gofs.ToErrno(err)
-			}
-			return opened(dup), 0
-		}
-	}
-	return loc{}, syscall.ENOENT
 }

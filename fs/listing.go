@@ -1,0 +1,45 @@
+package fs
+
+import (
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"mirrorfs/policy"
+)
+
+// listing is what the mirror knows of a folder's listing kept by the kernel.
+type listing struct {
+	filled int64  // when it was filled (unix ns)
+	path   string // the folder's path then, if the policy's patterns name paths
+}
+
+// listingFlags say whether the kernel may keep this folder's listing
+// (FOPEN_CACHE_DIR): a cached walk then costs no READDIR, and no lookup of
+// every entry. The kernel drops a kept listing when it changes the folder
+// itself and when the folder's mtime changes, which it checks once the
+// attributes time out; a listing is also dropped, through an open without
+// KEEP_CACHE, once it is older than the attribute timeout, since a change
+// on the source can leave the mtime as it was (two in one clock tick, or
+// rsync -a, tar and cp -p restoring it). So a listing is stale for no
+// longer than an attribute. Under a policy whose patterns name paths, it is
+// dropped too when the folder's path is not the one it was filled at: a
+// folder moved elsewhere, or below a moved one, keeps its inode and its
+// listing, but not what the patterns hide in it.
+func (n *node) listingFlags(p *policy.Policy) uint32 {
+	ttl := p.AttrTTL()
+	var at string
+	if p.NeedsPath() {
+		at = n.Path(nil)
+	}
+	now := time.Now().UnixNano()
+	switch l := n.listed.Load(); {
+	case l == nil:
+		n.watchListing()
+		n.listed.Store(&listing{filled: now, path: at}) // this open fills the kept listing
+	case now-l.filled > int64(ttl) || l.path != at:
+		n.listed.Store(nil) // this open drops it; the next fills a new one
+		return 0
+	}
+	return fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
+}
