@@ -233,15 +233,26 @@ type dir struct {
 	policy *policy.Policy
 }
 
-func (d *dir) hidden(e *fuse.DirEntry) bool {
-	unknownType := e.Mode&syscall.S_IFMT == 0
-	return d.n.hidden(d.policy, e.Name, unknownType || isDirMode(e.Mode))
+// newDir opens n's folder for a listing under p.
+func (n *node) newDir(p *policy.Policy) (*dir, syscall.Errno) {
+	fd, errno := n.openDir()
+	if errno != 0 {
+		return nil, errno
+	}
+	ds, errno := gofs.NewLoopbackDirStreamFd(fd)
+	if errno != 0 {
+		syscall.Close(fd)
+		return nil, errno
+	}
+	d := &dir{ds: ds.(dirStream), n: n, fd: fd, policy: p}
+	n.opened(d)
+	return d, 0
 }
 
 func (d *dir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
 	for {
 		e, errno := d.ds.Readdirent(ctx)
-		if e == nil || errno != 0 || !d.hidden(e) {
+		if e == nil || errno != 0 || !d.n.listHides(d.policy, e) {
 			return e, errno
 		}
 	}
@@ -251,17 +262,12 @@ func (d *dir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	return d.ds.Seekdir(ctx, off)
 }
 
-// Releasedir drops the kernel's listing if the policy changed while the
-// folder was open: that listing may have been filled under the old one,
-// after SetPolicy dropped the rest. (From a goroutine: a notification is
-// not sent from within a request.)
+// Releasedir closes the folder, and drops the kernel's listing of it if
+// the policy changed while it was open (listing.go).
 func (d *dir) Releasedir(ctx context.Context, flags uint32) {
 	d.n.closing(d)
 	d.ds.Releasedir(ctx, flags)
-	if d.n.m.policy.Load() != d.policy {
-		d.n.listed.Store(nil)
-		go d.n.NotifyContent(0, 0)
-	}
+	d.n.dropListingFrom(d.policy)
 }
 
 func (d *dir) descriptor() (int, bool) { return d.fd, true }

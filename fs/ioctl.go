@@ -35,6 +35,7 @@ package fs
 // list in README's Security section.
 
 import (
+	"context"
 	"encoding/binary"
 	"syscall"
 	"unsafe"
@@ -73,6 +74,19 @@ var ioctls = map[uint32]ioctlEntry{
 
 // fsIocFsgetxattr is FS_IOC_FSGETXATTR, _IOR('X', 31, struct fsxattr).
 const fsIocFsgetxattr = 0x801c581f
+
+// runOn runs e on h's descriptor, for the caller of ctx. Its output
+// buffer is go-fuse's, reused: it is cleared first, or what e does not
+// write would leak an earlier request's data.
+func (e ioctlEntry) runOn(ctx context.Context, h handle, input, output []byte) (int32, syscall.Errno) {
+	fd, ok := h.descriptor()
+	if !ok {
+		return 0, syscall.EBADF
+	}
+	caller, _ := fuse.FromContext(ctx)
+	clear(output)
+	return e.run(ioctlCall{fd: fd, caller: caller, in: input, out: output})
+}
 
 // fionread is the number of bytes from the daemon's offset to the end.
 // (For a regular file the kernel answers FIONREAD itself, with the

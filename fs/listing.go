@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -42,4 +43,23 @@ func (n *node) listingFlags(p *policy.Policy) uint32 {
 		return 0
 	}
 	return fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
+}
+
+// listHides says whether the listing of n under p skips e: so a listing
+// follows the one policy in force when its folder was opened. An entry of
+// unknown type is judged as a folder, by the patterns of either type.
+func (n *node) listHides(p *policy.Policy, e *fuse.DirEntry) bool {
+	unknownType := e.Mode&syscall.S_IFMT == 0
+	return n.hidden(p, e.Name, unknownType || isDirMode(e.Mode))
+}
+
+// dropListingFrom drops the kernel's listing of n if the policy is no
+// longer p, the one a handle of it was opened under: that listing may have
+// been filled under p after SetPolicy dropped the rest. (From a goroutine:
+// a notification is not sent from within a request.)
+func (n *node) dropListingFrom(p *policy.Policy) {
+	if n.m.policy.Load() != p {
+		n.listed.Store(nil)
+		go n.NotifyContent(0, 0)
+	}
 }

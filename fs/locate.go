@@ -354,3 +354,12 @@ func openBeneath(dir int, path string) (int, error) {
 	}
 	return fd, err
 }
+
+// forgetFolder lets go of n's kept folder descriptor, if it keeps one.
+func (n *node) forgetFolder() {
+	if r := n.kept.Swap(nil); r != nil {
+		n.m.kept.Add(-1)
+		n.m.watch.remove(n, r.fd) // while r.fd is still open
+		r.release()
+	}
+}

@@ -614,3 +614,100 @@ func (n *node) copyRange(ctx context.Context, in, out gofs.FileHandle, offIn, of
 	})
 	return uint32(count), errno
 }
+
+// statxByName describes n's file, found by its folder and name: the
+// attributes of another file put at the name since are not n's (mustBe).
+func (n *node) statxByName(flags, mask uint32, out *fuse.StatxOut) syscall.Errno {
+	l, errno := n.locate("")
+	if errno != 0 {
+		return errno
+	}
+	defer l.done()
+	var x unix.Statx_t
+	if err := unix.Statx(l.dir, l.path, int(flags)|l.flags(), int(mask), &x); err != nil {
+		return gone(l, gofs.ToErrno(err))
+	}
+	if err := n.mustBe(&x); err != nil {
+		return gofs.ToErrno(err)
+	}
+	out.FromStatx(&x)
+	return 0
+}
+
+// statfs describes the file system that holds n, through a descriptor of
+// n itself (locateSelf: another file put at n's name may be on another
+// file system): never through a path that follows a symlink, which would
+// tell a caller whether a path she may not search exists, or make the
+// daemon wait on an automount or a dead network mount.
+func (n *node) statfs(out *fuse.StatfsOut) syscall.Errno {
+	l, errno := n.locateSelf()
+	if errno != 0 {
+		return errno
+	}
+	defer l.done()
+	var s syscall.Statfs_t
+	err := l.byFd(func(fd int) error { return syscall.Fstatfs(fd, &s) })
+	if err != nil {
+		return gofs.ToErrno(err)
+	}
+	out.FromStatfsT(&s)
+	return 0
+}
+
+// readlink reads n's own target, not that of a symlink put at its name
+// since (locateSelf).
+func (n *node) readlink() ([]byte, syscall.Errno) {
+	l, errno := n.locateSelf()
+	if errno != 0 {
+		return nil, errno
+	}
+	defer l.done()
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		got, err := unix.Readlinkat(l.dir, l.path, buf)
+		if err != nil {
+			return nil, gofs.ToErrno(err)
+		}
+		if got < size {
+			return buf[:got], 0
+		}
+	}
+}
+
+// getxattr reads an extended attribute, as the caller. The POSIX ACLs are
+// read as the daemon: the kernel asks for them at every permission check
+// of a folder the caller does not own (a round trip each time), SOURCE
+// lets anyone who reaches an entry read them, and the kernel has checked
+// the path she took to it.
+func (n *node) getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	get := func(p string, follow bool) (int, error) {
+		if follow {
+			return unix.Getxattr(p, attr, dest)
+		}
+		return unix.Lgetxattr(p, attr, dest)
+	}
+	var size uint32
+	var errno syscall.Errno
+	if isACL(attr) {
+		size, errno = n.xattrAsDaemon(get)
+	} else {
+		size, errno = n.xattr(ctx, get)
+	}
+	if errno == syscall.EOPNOTSUPP && isACL(attr) {
+		// The kernel asks for the ACLs of every node it checks (EnableAcl),
+		// and takes any error as the answer to the check. A SOURCE without
+		// ACLs (exFAT, FAT, ...) has none: its mode bits are all there is.
+		return 0, syscall.ENODATA
+	}
+	return size, errno
+}
+
+// listxattr lists the extended attributes, as the caller.
+func (n *node) listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	return n.xattr(ctx, func(p string, follow bool) (int, error) {
+		if follow {
+			return unix.Listxattr(p, dest)
+		}
+		return unix.Llistxattr(p, dest)
+	})
+}

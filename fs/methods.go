@@ -48,127 +48,64 @@ func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 	return errno
 }
 
+var _ = (gofs.NodeStatxer)((*node)(nil))
+
 // Statx describes n, by an open file if the kernel passes one; by name it
 // is refused for a hidden node, as Getattr is. Of the kernel's flags only
 // the sync ones are taken: the rest say how to find the entry, and that is
 // the mirror's to say.
 func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags, mask uint32, out *fuse.StatxOut) syscall.Errno {
-	flags &= unix.AT_STATX_FORCE_SYNC | unix.AT_STATX_DONT_SYNC
-	if fs, ok := f.(gofs.FileStatxer); ok {
-		return fs.Statx(ctx, flags, mask, out)
+	flags &= statxSyncType
+	if fx, ok := f.(gofs.FileStatxer); ok {
+		return fx.Statx(ctx, flags, mask, out)
 	}
 	p := n.m.policy.Load()
 	if errno := n.hiddenErr(p); errno != 0 {
 		return errno
 	}
-	l, errno := n.locate("")
-	if errno != 0 {
-		return errno
+	errno := n.statxByName(flags, mask, out)
+	if errno == 0 {
+		out.SetTimeout(p.AttrTTL())
 	}
-	defer l.done()
-	var x unix.Statx_t
-	if err := unix.Statx(l.dir, l.path, int(flags)|l.flags(), int(mask), &x); err != nil {
-		return gone(l, gofs.ToErrno(err))
-	}
-	if err := n.mustBe(&x); err != nil {
-		return gofs.ToErrno(err)
-	}
-	out.FromStatx(&x)
-	out.SetTimeout(p.AttrTTL())
-	return 0
+	return errno
 }
 
-// Statfs describes the file system that holds n, through a descriptor of
-// n itself (locateSelf: another file put at n's name may be on another
-// file system): never through a path that follows a symlink, which would
-// tell a caller whether a path she may not search exists, or make the
-// daemon wait on an automount or a dead network mount.
+var _ = (gofs.NodeStatfser)((*node)(nil))
+
+// Statfs describes the file system that holds a node that is not hidden.
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
 		return errno
 	}
-	l, errno := n.locateSelf()
-	if errno != 0 {
-		return errno
-	}
-	defer l.done()
-	var s syscall.Statfs_t
-	err := l.byFd(func(fd int) error { return syscall.Fstatfs(fd, &s) })
-	if err != nil {
-		return gofs.ToErrno(err)
-	}
-	out.FromStatfsT(&s)
-	return 0
+	return n.statfs(out)
 }
 
+var _ = (gofs.NodeReadlinker)((*node)(nil))
+
 // Readlink reads n's target, unless n is hidden (a symlink held open with
-// O_PATH from before a reload): n's own, not that of a symlink put at its
-// name since (locateSelf).
+// O_PATH from before a reload).
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
 		return nil, errno
 	}
-	l, errno := n.locateSelf()
-	if errno != 0 {
-		return nil, errno
-	}
-	defer l.done()
-	for size := 256; ; size *= 2 {
-		buf := make([]byte, size)
-		got, err := unix.Readlinkat(l.dir, l.path, buf)
-		if err != nil {
-			return nil, gofs.ToErrno(err)
-		}
-		if got < size {
-			return buf[:got], 0
-		}
-	}
+	return n.readlink()
 }
 
 var _ = (gofs.NodeOpendirHandler)((*node)(nil))
 
-// OpendirHandle opens the directory for listing. go-fuse uses this handle,
-// not Readdir, when a node has one: it is where hidden names are filtered.
+// OpendirHandle opens the directory for listing. go-fuse calls it, and
+// never Readdir, when a node has it (fs/bridge.go, OpenDir): the handle it
+// returns filters hidden names (listing.go), so the mirror has no Readdir.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	p := n.m.policy.Load()
 	if errno := n.hiddenErr(p); errno != 0 {
 		return nil, 0, errno
 	}
-	fd, errno := n.openDir()
+	d, errno := n.newDir(p)
 	if errno != 0 {
 		return nil, 0, errno
 	}
-	ds, errno := gofs.NewLoopbackDirStreamFd(fd)
-	if errno != 0 {
-		syscall.Close(fd)
-		return nil, 0, errno
-	}
-	d := &dir{ds: ds.(dirStream), n: n, fd: fd, policy: p}
-	n.opened(d)
 	return d, n.listingFlags(p), 0
-}
-
-var _ = (gofs.NodeReaddirer)((*node)(nil))
-
-// Readdir is not what go-fuse calls while OpendirHandle exists; it is
-// filtered all the same, so that no path lists a hidden name.
-func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	fh, _, errno := n.OpendirHandle(ctx, 0)
-	if errno != 0 {
-		return nil, errno
-	}
-	defer fh.(gofs.FileReleasedirer).Releasedir(ctx, 0)
-	var list []fuse.DirEntry
-	for {
-		e, errno := fh.(gofs.FileReaddirenter).Readdirent(ctx)
-		if errno != 0 {
-			return nil, errno
-		}
-		if e == nil {
-			return gofs.NewListDirStream(list), 0
-		}
-		list = append(list, *e)
-	}
 }
 
 var _ = (gofs.NodeOpener)((*node)(nil))
@@ -334,47 +271,24 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	return errno
 }
 
-// Getxattr reads an extended attribute, as the caller, of a node that is
-// not hidden. The POSIX ACLs are read as the daemon: the kernel asks for
-// them at every permission check of a folder the caller does not own (a
-// round trip each time), SOURCE lets anyone who reaches an entry read them,
-// and the kernel has checked the path she took to it.
+var _ = (gofs.NodeGetxattrer)((*node)(nil))
+
+// Getxattr reads an extended attribute of a node that is not hidden.
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
 		return 0, errno
 	}
-	get := func(p string, follow bool) (int, error) {
-		if follow {
-			return unix.Getxattr(p, attr, dest)
-		}
-		return unix.Lgetxattr(p, attr, dest)
-	}
-	var size uint32
-	var errno syscall.Errno
-	if isACL(attr) {
-		size, errno = n.xattrAsDaemon(get)
-	} else {
-		size, errno = n.xattr(ctx, get)
-	}
-	if errno == syscall.EOPNOTSUPP && isACL(attr) {
-		// The kernel asks for the ACLs of every node it checks (EnableAcl),
-		// and takes any error as the answer to the check. A SOURCE without
-		// ACLs (exFAT, FAT, ...) has none: its mode bits are all there is.
-		return 0, syscall.ENODATA
-	}
-	return size, errno
+	return n.getxattr(ctx, attr, dest)
 }
 
+var _ = (gofs.NodeListxattrer)((*node)(nil))
+
+// Listxattr lists the extended attributes of a node that is not hidden.
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
 	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
 		return 0, errno
 	}
-	return n.xattr(ctx, func(p string, follow bool) (int, error) {
-		if follow {
-			return unix.Listxattr(p, dest)
-		}
-		return unix.Llistxattr(p, dest)
-	})
+	return n.listxattr(ctx, dest)
 }
 
 var _ = (gofs.NodeSetxattrer)((*node)(nil))
@@ -420,9 +334,10 @@ func (n *node) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn ui
 
 var _ = (gofs.NodeIoctler)((*node)(nil))
 
-// Ioctl runs the listed commands on the open file's descriptor; see the
-// comment at the top of this file. go-fuse asks the node before the file
-// handle, so LoopbackFile's Ioctl, which passes everything on, never runs.
+// Ioctl runs the commands ioctl.go lists, on the open file's descriptor;
+// one that changes the file is refused under read_only. go-fuse asks the
+// node before the file handle, so LoopbackFile's Ioctl, which passes
+// everything on, never runs.
 func (n *node) Ioctl(ctx context.Context, f gofs.FileHandle, cmd uint32, arg uint64, input, output []byte) (int32, syscall.Errno) {
 	e, ok := ioctls[cmd]
 	if !ok {
@@ -437,22 +352,12 @@ func (n *node) Ioctl(ctx context.Context, f gofs.FileHandle, cmd uint32, arg uin
 			return 0, errno
 		}
 	}
-	fd, ok := h.descriptor()
-	if !ok {
-		return 0, syscall.EBADF
-	}
-	caller, _ := fuse.FromContext(ctx)
-	clear(output) // go-fuse's buffer is reused: what is not written would leak
-	return e.run(ioctlCall{fd: fd, caller: caller, in: input, out: output})
+	return e.runOn(ctx, h, input, output)
 }
 
 var _ = (gofs.NodeOnForgetter)((*node)(nil))
 
 // OnForget lets go of the kept descriptor once the kernel forgets n.
 func (n *node) OnForget() {
-	if r := n.kept.Swap(nil); r != nil {
-		n.m.kept.Add(-1)
-		n.m.watch.remove(n, r.fd) // while r.fd is still open
-		r.release()
-	}
+	n.forgetFolder()
 }
