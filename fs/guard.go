@@ -6,8 +6,9 @@ import (
 	"mirrorfs/policy"
 )
 
-// The operations that change the mirror. Each reads the policy once and
-// decides by that one value throughout (a reload between two checks would
+// The policy checks the node methods (methods.go) make before an
+// operation. Each method reads the policy once and decides by that one
+// value throughout (a reload between two checks would
 // let each policy pass what the other refuses): read_only gives EROFS; a
 // hidden name gives ENOENT where it would have to exist and EPERM where it
 // would be created (so a hidden file can be neither reached nor replaced

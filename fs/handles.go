@@ -13,6 +13,10 @@ import (
 	"mirrorfs/policy"
 )
 
+// Handles: the mirror's open files (file, over go-fuse's LoopbackFile) and
+// open folders (dir, over its directory stream), and each node's list of
+// them.
+
 // Each node keeps a list of its open files and folders: once no folder
 // holds the node, they are the only way to it, and the kernel still asks
 // for a chmod, a utimens or an xattr of it by node.
@@ -20,15 +24,15 @@ type handle interface {
 	descriptor() (int, bool)
 }
 
-func (n *node) opened(h handle) {
+func (n *node) addHandle(h handle) {
 	n.mu.Lock()
 	n.handles = append(n.handles, h)
 	n.mu.Unlock()
 }
 
-// closing takes h off the list, before it is closed: openLoc never copies
+// dropHandle takes h off the list, before it is closed: openLoc never copies
 // a descriptor that is closing.
-func (n *node) closing(h handle) {
+func (n *node) dropHandle(h handle) {
 	n.mu.Lock()
 	n.handles = slices.DeleteFunc(n.handles, func(g handle) bool { return g == h })
 	n.mu.Unlock()
@@ -38,12 +42,12 @@ func (n *node) closing(h handle) {
 type file struct {
 	*gofs.LoopbackFile
 	n       *node
-	appends bool // its descriptor is O_APPEND (loopback.go, writeInPlace)
+	appends bool // its descriptor is O_APPEND (writeInPlace)
 }
 
 func (n *node) newFile(fd int) *file {
 	f := &file{LoopbackFile: gofs.NewLoopbackFile(fd).(*gofs.LoopbackFile), n: n}
-	n.opened(f)
+	n.addHandle(f)
 	return f
 }
 
@@ -52,7 +56,7 @@ func (f *file) descriptor() (int, bool) { return f.PassthroughFd() }
 var _ = (gofs.FileReleaser)((*file)(nil))
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
-	f.n.closing(f)
+	f.n.dropHandle(f)
 	return f.LoopbackFile.Release(ctx)
 }
 
@@ -245,7 +249,7 @@ func (n *node) newDir(p *policy.Policy) (*dir, syscall.Errno) {
 		return nil, errno
 	}
 	d := &dir{ds: ds.(dirStream), n: n, fd: fd, policy: p}
-	n.opened(d)
+	n.addHandle(d)
 	return d, 0
 }
 
@@ -265,7 +269,7 @@ func (d *dir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 // Releasedir closes the folder, and drops the kernel's listing of it if
 // the policy changed while it was open (listing.go).
 func (d *dir) Releasedir(ctx context.Context, flags uint32) {
-	d.n.closing(d)
+	d.n.dropHandle(d)
 	d.ds.Releasedir(ctx, flags)
 	d.n.dropListingFrom(d.policy)
 }

@@ -9,6 +9,9 @@ import (
 	"mirrorfs/policy"
 )
 
+// The listing cache: how long the kernel may keep a folder's listing, and
+// what a listing leaves out under the policy it was opened under.
+
 // listing is what the mirror knows of a folder's listing kept by the kernel.
 type listing struct {
 	filled int64  // when it was filled (unix ns)
@@ -31,7 +34,7 @@ func (n *node) listingFlags(p *policy.Policy) uint32 {
 	ttl := p.AttrTTL()
 	var at string
 	if p.NeedsPath() {
-		at = n.Path(nil)
+		at, _ = n.relPath() // any path that changes when the folder moves serves
 	}
 	now := time.Now().UnixNano()
 	switch l := n.listed.Load(); {
@@ -50,7 +53,7 @@ func (n *node) listingFlags(p *policy.Policy) uint32 {
 // unknown type is judged as a folder, by the patterns of either type.
 func (n *node) listHides(p *policy.Policy, e *fuse.DirEntry) bool {
 	unknownType := e.Mode&syscall.S_IFMT == 0
-	return n.hidden(p, e.Name, unknownType || isDirMode(e.Mode))
+	return n.nameHidden(p, e.Name, unknownType || isDirMode(e.Mode))
 }
 
 // dropListingFrom drops the kernel's listing of n if the policy is no

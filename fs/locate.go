@@ -86,6 +86,16 @@ func (l loc) byFd(call func(fd int) error) error {
 	return call(fd)
 }
 
+// A node's path from the mirror's root is computed in two ways, for two
+// uses; use no other (not go-fuse's Inode.Path):
+//   - relPath, by the names the kernel knows the nodes by (go-fuse's tree):
+//     to reach an entry on SOURCE by path (locateByPath), and to tell that
+//     a folder moved (listingFlags). It costs no syscall.
+//   - storedPath (names.go), by the names SOURCE stores: what the policy's
+//     patterns are matched against (entryPath, patternPath). On a
+//     case-insensitive folder the two differ ("ETC" reached, "etc"
+//     stored); it reads the folders on the way.
+//
 // relPath is n's path from the mirror's root ("" for the root), and false
 // when n is in no folder any more (removed, or made with O_TMPFILE).
 func (n *node) relPath() (string, bool) {
@@ -159,7 +169,7 @@ func (n *node) locateSelf() (loc, syscall.Errno) {
 		unix.Close(fd)
 		return loc{}, gofs.ToErrno(err)
 	}
-	return opened(fd), 0
+	return soleLoc(fd), 0
 }
 
 // locateByPath finds the entry name of n by its path from the root.
@@ -187,7 +197,7 @@ func (n *node) openLoc() (loc, syscall.Errno) {
 			if err != nil {
 				return loc{}, gofs.ToErrno(err)
 			}
-			return opened(dup), 0
+			return soleLoc(dup), 0
 		}
 	}
 	return loc{}, syscall.ENOENT
@@ -202,8 +212,9 @@ type dirRef struct {
 	refs atomic.Int32
 }
 
-// opened is the only reference to fd, opened for one loc.
-func opened(fd int) loc {
+// soleLoc is a loc of fd itself, holding the only reference to it: done
+// closes fd.
+func soleLoc(fd int) loc {
 	r := &dirRef{fd: fd}
 	r.refs.Store(1)
 	return loc{dir: fd, ref: r}
@@ -228,7 +239,7 @@ func (n *node) acquire() (*dirRef, syscall.Errno) {
 		return n.m.rootRef, 0
 	}
 	for {
-		r := n.kept.Load()
+		r := n.folder.Load()
 		if r == nil {
 			break
 		}
@@ -240,13 +251,13 @@ func (n *node) acquire() (*dirRef, syscall.Errno) {
 	if parent == nil {
 		return nil, syscall.ENOENT
 	}
-	if n.m.kept.Add(1) > maxKept {
-		n.m.kept.Add(-1)
+	if n.m.keptFolders.Add(1) > maxKept {
+		n.m.keptFolders.Add(-1)
 		return nil, syscall.EMFILE
 	}
 	pr, errno := parent.Operations().(*node).acquire()
 	if errno != 0 {
-		n.m.kept.Add(-1)
+		n.m.keptFolders.Add(-1)
 		return nil, errno
 	}
 	fd, err := unix.Openat(pr.fd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -258,14 +269,14 @@ func (n *node) acquire() (*dirRef, syscall.Errno) {
 		}
 	}
 	if err != nil {
-		n.m.kept.Add(-1)
+		n.m.keptFolders.Add(-1)
 		return nil, gofs.ToErrno(err)
 	}
 	r := &dirRef{fd: fd}
 	r.refs.Store(2) // the node's and the caller's
-	if !n.kept.CompareAndSwap(nil, r) {
+	if !n.folder.CompareAndSwap(nil, r) {
 		unix.Close(fd) // another request kept one first
-		n.m.kept.Add(-1)
+		n.m.keptFolders.Add(-1)
 		return n.acquire()
 	}
 	n.m.watch.add(n, fd)
@@ -333,7 +344,7 @@ func (m *shared) walk(rel string) (loc, syscall.Errno) {
 		if err != nil {
 			return loc{}, gofs.ToErrno(err)
 		}
-		l = opened(fd)
+		l = soleLoc(fd)
 		dir = strings.TrimPrefix(dir[len(piece):], "/")
 	}
 	l.path = rel[cut+1:]
@@ -357,8 +368,8 @@ func openBeneath(dir int, path string) (int, error) {
 
 // forgetFolder lets go of n's kept folder descriptor, if it keeps one.
 func (n *node) forgetFolder() {
-	if r := n.kept.Swap(nil); r != nil {
-		n.m.kept.Add(-1)
+	if r := n.folder.Swap(nil); r != nil {
+		n.m.keptFolders.Add(-1)
 		n.m.watch.remove(n, r.fd) // while r.fd is still open
 		r.release()
 	}

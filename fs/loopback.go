@@ -9,8 +9,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The loopback: each operation on the source, through a loc. The policy
-// is applied in front of these, in node.go and guard.go.
+// The loopback: each operation on the source, through a loc (locate.go),
+// as a *at call on a folder's descriptor and one name. The node methods
+// (methods.go) check the policy before calling these.
 
 const statxMask = unix.STATX_BASIC_STATS | unix.STATX_BTIME
 
@@ -400,8 +401,8 @@ func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 // file fails). That costs an O_PATH open, a statx and a close; the chmod
 // and truncate, which go through /proc, would open one anyway.
 func (n *node) setattrAsCaller(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if fs, ok := f.(gofs.FileSetattrer); ok {
-		return n.m.asCaller(ctx, func() syscall.Errno { return fs.Setattr(ctx, in, out) })
+	if fa, ok := f.(gofs.FileSetattrer); ok {
+		return n.m.asCaller(ctx, func() syscall.Errno { return fa.Setattr(ctx, in, out) })
 	}
 	l, errno := n.locateSelf() // as the daemon: she need not search go-fuse's parent
 	if errno != 0 {

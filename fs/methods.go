@@ -9,6 +9,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// The go-fuse node methods: what the kernel's requests call. Each reads
+// the policy once, checks it (guard.go, names.go), then calls its
+// operation (loopback.go, or the layer that owns it); each has its
+// compile-time assertion. A method go-fuse has a default for and the
+// mirror does not define is answered by go-fuse (ENOTSUP, or the file
+// handle's method).
+
 var _ = (gofs.NodeLookuper)((*node)(nil))
 
 // Lookup finds nothing in a hidden folder (a cwd or a descriptor kept
@@ -228,7 +235,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	}
 	// Moving a folder on the way to a path hidden by an anchored pattern
 	// would bring the hidden entry out under another path.
-	if p.CoversBelow(n.childRel(p, name)) || flags&unix.RENAME_EXCHANGE != 0 && p.CoversBelow(np.childRel(p, newName)) {
+	if p.CoversBelow(n.patternPath(p, name)) || flags&unix.RENAME_EXCHANGE != 0 && p.CoversBelow(np.patternPath(p, newName)) {
 		return syscall.EPERM
 	}
 	return n.rename(ctx, name, np, newName, flags)

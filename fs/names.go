@@ -209,14 +209,14 @@ func (n *node) entryHidden(p *policy.Policy, name string, isDir bool) bool {
 	if !p.Hides() {
 		return false
 	}
-	if n.hidden(p, name, isDir) {
+	if n.nameHidden(p, name, isDir) {
 		return true
 	}
 	if !n.caseInsensitive() {
 		return false
 	}
 	for _, s := range n.storedNames(name) {
-		if s != name && n.hidden(p, s, isDir) {
+		if s != name && n.nameHidden(p, s, isDir) {
 			return true
 		}
 	}
@@ -258,10 +258,10 @@ func (n *node) pathHidden(p *policy.Policy) bool {
 	return hidden
 }
 
-// storedPath is n's path from the root by the names SOURCE stores: a
-// folder reached as "ETC" on a case-insensitive source is "etc" to an
-// anchored pattern. It is built only when such a pattern's last component
-// matches.
+// storedPath is n's path from the root by the names SOURCE stores, the
+// one the policy's patterns see (see relPath for the other): a folder
+// reached as "ETC" on a case-insensitive source is "etc" to an anchored
+// pattern. It is built only when such a pattern's last component matches.
 func (n *node) storedPath() string {
 	var names []string
 	for in := n.EmbeddedInode(); in != n.m.root; {
@@ -282,20 +282,22 @@ func (n *node) storedPath() string {
 	return strings.Join(names, "/")
 }
 
-// childRel is the path of the entry name in n, from the mirror's root; it
-// is computed only when some pattern needs it.
-func (n *node) childRel(p *policy.Policy, name string) string {
+// entryPath is the path of the entry name in n as the policy's patterns
+// see it: by the names SOURCE stores (storedPath).
+func (n *node) entryPath(name string) string { return path.Join(n.storedPath(), name) }
+
+// patternPath is entryPath(name) when some pattern of p names a path, and
+// "" otherwise: no pattern needs it, and it costs a walk to the root.
+func (n *node) patternPath(p *policy.Policy, name string) string {
 	if !p.NeedsPath() {
 		return ""
 	}
-	return path.Join(n.storedPath(), name)
+	return n.entryPath(name)
 }
 
-// hidden says whether the entry name in n is hidden; the entry's path is
-// built only if an anchored pattern's last component matches the name.
-func (n *node) hidden(p *policy.Policy, name string, isDir bool) bool {
-	return p.Hides() && p.HiddenLazy(name, isDir, func() string { return path.Join(n.storedPath(), name) })
+// nameHidden says whether the entry name in n is hidden by the name as
+// given; its path is built only if an anchored pattern's last component
+// matches the name. (entryHidden also tries the names SOURCE stores.)
+func (n *node) nameHidden(p *policy.Policy, name string, isDir bool) bool {
+	return p.Hides() && p.HiddenLazy(name, isDir, func() string { return n.entryPath(name) })
 }
-
-// mayHide says whether name in n could be hidden, whatever its type.
-func (n *node) mayHide(p *policy.Policy, name string) bool { return n.hidden(p, name, true) }

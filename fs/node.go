@@ -14,32 +14,33 @@ import (
 
 // shared is what every node of one mirror refers to.
 type shared struct {
-	policy    atomic.Pointer[policy.Policy] // swapped whole on reload; no lock on the hot path
-	rootFd    int                           // SOURCE, O_PATH, held for the mirror's life
-	dev       uint64                        // SOURCE's device
-	euid      int
-	readOnly  bool    // mounted -o ro
-	calls     callers // switches threads to a request's caller (creds.go)
-	root      *gofs.Inode
-	rootAttr  gofs.StableAttr
-	rootRef   *dirRef      // rootFd, never released
-	kept      atomic.Int32 // folders keeping a descriptor (at.go)
-	umasks    umaskTable   // the umask of each request making an entry (umask.go)
-	localDevs sync.Map     // device → whether on a localFs (loopback.go)
-	watch     *watcher     // tells the kernel of changes on SOURCE (watch.go); nil: none
-	backing   *backing     // passthrough's state (passthrough.go)
+	policy      atomic.Pointer[policy.Policy] // swapped whole on reload; no lock on the hot path
+	rootFd      int                           // SOURCE, O_PATH, held for the mirror's life
+	dev         uint64                        // SOURCE's device
+	euid        int
+	readOnly    bool    // mounted -o ro
+	calls       callers // switches threads to a request's caller (creds.go)
+	root        *gofs.Inode
+	rootAttr    gofs.StableAttr
+	rootRef     *dirRef      // rootFd, never released
+	keptFolders atomic.Int32 // folders keeping a descriptor (locate.go, acquire)
+	umasks      umaskTable   // the umask of each request making an entry (umask.go)
+	localDevs   sync.Map     // device → whether on a localFs (loopback.go)
+	watch       *watcher     // tells the kernel of changes on SOURCE (watch.go); nil: none
+	backing     *backing     // passthrough's state (passthrough.go)
 }
 
-// node is one file or directory of the mirror: the loopback (loopback.go),
-// with the policy applied in front of the operations it governs.
+// node is one file or directory of the mirror: its go-fuse methods
+// (methods.go) check the policy, then run the operation on SOURCE
+// (loopback.go).
 type node struct {
 	gofs.Inode
 	m *shared
 
 	mu      sync.Mutex
-	handles []handle                // the way to a node no folder holds (at.go)
+	handles []handle                // the way to a node no folder holds (handles.go)
 	listed  atomic.Pointer[listing] // the kernel's kept listing, nil: none
-	kept    atomic.Pointer[dirRef]
+	folder  atomic.Pointer[dirRef]  // n's own folder descriptor, if n is one and keeps it (locate.go)
 	fold    atomic.Int32            // how the folder compares names (names.go)
 	verdict atomic.Pointer[verdict] // pathHidden's last answer (names.go)
 }
