@@ -253,6 +253,8 @@ func (n *node) newDir(p *policy.Policy) (*dir, syscall.Errno) {
 	return d, 0
 }
 
+var _ = (gofs.FileReaddirenter)((*dir)(nil))
+
 func (d *dir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
 	for {
 		e, errno := d.ds.Readdirent(ctx)
@@ -262,9 +264,13 @@ func (d *dir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
 	}
 }
 
+var _ = (gofs.FileSeekdirer)((*dir)(nil))
+
 func (d *dir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	return d.ds.Seekdir(ctx, off)
 }
+
+var _ = (gofs.FileReleasedirer)((*dir)(nil))
 
 // Releasedir closes the folder, and drops the kernel's listing of it if
 // the policy changed while it was open (listing.go).
@@ -289,6 +295,8 @@ func (d *dir) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 	out.FromStat(&st)
 	return 0
 }
+
+var _ = (gofs.FileFsyncdirer)((*dir)(nil))
 
 func (d *dir) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 	return d.ds.Fsyncdir(ctx, flags)
