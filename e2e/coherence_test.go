@@ -340,7 +340,7 @@ func sqliteBothSides(t *testing.T, jmode, policy string, mode ...string) {
 // mirror (no SQLITE_CANTOPEN), and the mirror side reads what SOURCE's
 // writer committed because SQLite locks the database before it reads it,
 // and a lock granted through the mirror drops the kernel's pages and
-// attributes of the file (at.go, synchronized).
+// attributes of the file (handles.go, synchronized).
 func TestCoherenceSQLiteRollbackJournal(t *testing.T) {
 	bothModes(t, func(t *testing.T, mode ...string) {
 		sqliteBothSides(t, "delete", "", mode...)

@@ -75,42 +75,17 @@ var ioctls = map[uint32]ioctlEntry{
 // fsIocFsgetxattr is FS_IOC_FSGETXATTR, _IOR('X', 31, struct fsxattr).
 const fsIocFsgetxattr = 0x801c581f
 
-var _ = (gofs.NodeIoctler)((*node)(nil))
-
-// Ioctl runs the listed commands on the open file's descriptor; see the
-// comment at the top of this file. go-fuse asks the node before the file
-// handle, so LoopbackFile's Ioctl, which passes everything on, never runs.
-func (n *node) Ioctl(ctx context.Context, f gofs.FileHandle, cmd uint32, arg uint64, input, output []byte) (int32, syscall.Errno) {
-	e, ok := ioctls[cmd]
-	if !ok {
-		return 0, syscall.ENOTTY
-	}
-	h, ok := f.(handle)
-	if !ok {
-		return 0, syscall.ENOTTY
-	}
-	if e.changes {
-		if errno := n.guardIoctl(); errno != 0 {
-			return 0, errno
-		}
-	}
+// runOn runs e on h's descriptor, for the caller of ctx. Its output
+// buffer is go-fuse's, reused: it is cleared first, or what e does not
+// write would leak an earlier request's data.
+func (e ioctlEntry) runOn(ctx context.Context, h handle, input, output []byte) (int32, syscall.Errno) {
 	fd, ok := h.descriptor()
 	if !ok {
 		return 0, syscall.EBADF
 	}
 	caller, _ := fuse.FromContext(ctx)
-	clear(output) // go-fuse's buffer is reused: what is not written would leak
+	clear(output)
 	return e.run(ioctlCall{fd: fd, caller: caller, in: input, out: output})
-}
-
-// guardIoctl refuses a command that changes the file under read_only and on
-// a read-only mount (where the kernel checks it too, for the commands it
-// knows, but not for all).
-func (n *node) guardIoctl() syscall.Errno {
-	if n.m.readOnly {
-		return syscall.EROFS
-	}
-	return n.guardWrite()
 }
 
 // fionread is the number of bytes from the daemon's offset to the end.

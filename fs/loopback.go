@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -10,8 +9,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The loopback: each operation on the source, through a loc. The policy
-// is applied in front of these, in node.go and guard.go.
+// The loopback: each operation on the source, through a loc (locate.go),
+// as a *at call on a folder's descriptor and one name. The node methods
+// (methods.go) check the policy before calling these.
 
 const statxMask = unix.STATX_BASIC_STATS | unix.STATX_BTIME
 
@@ -237,30 +237,6 @@ func (n *node) rename(ctx context.Context, name string, to *node, newName string
 	})
 }
 
-// Readlink reads n's target, unless n is hidden (a symlink held open with
-// O_PATH from before a reload): n's own, not that of a symlink put at its
-// name since (locateSelf).
-func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
-		return nil, errno
-	}
-	l, errno := n.locateSelf()
-	if errno != 0 {
-		return nil, errno
-	}
-	defer l.done()
-	for size := 256; ; size *= 2 {
-		buf := make([]byte, size)
-		got, err := unix.Readlinkat(l.dir, l.path, buf)
-		if err != nil {
-			return nil, gofs.ToErrno(err)
-		}
-		if got < size {
-			return buf[:got], 0
-		}
-	}
-}
-
 // open opens n's file, as the caller. Its path is resolved without
 // following any symlink: a folder swapped for one on the source cannot lead
 // elsewhere. What is opened by n's name must be n's file (a node is its
@@ -354,89 +330,6 @@ func (m *shared) openFlags(x *unix.Statx_t, fd int, flags uint32) uint32 {
 	return f
 }
 
-// Open and Create drop FOPEN_DIRECT_IO from a reply that go-fuse's bridge
-// gave passthrough: the kernel lets FOPEN_DIRECT_IO override passthrough
-// (fs/fuse/file.c, fuse_file_write_iter), and an appending descriptor's
-// writes would then come to the daemon, as root's write keeping set-id
-// bits that a passthrough write clears. Passthrough appends at the file's
-// real end by itself.
-func (w *writebacks) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	st := w.RawFileSystem.Open(cancel, in, out)
-	passthroughWins(out)
-	return st
-}
-
-func (w *writebacks) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
-	st := w.RawFileSystem.Create(cancel, in, name, out)
-	passthroughWins(&out.OpenOut)
-	return st
-}
-
-func passthroughWins(out *fuse.OpenOut) {
-	if out.OpenFlags&fuse.FOPEN_PASSTHROUGH != 0 {
-		out.OpenFlags &^= fuse.FOPEN_DIRECT_IO
-	}
-}
-
-// writebacks marks the WRITEs that carry a shared map's pages back to the
-// file (FUSE_WRITE_CACHE): their offset is the page's, to be kept even on
-// an O_APPEND descriptor, where every other write goes to the end. go-fuse
-// hands a file the offset but not the flag; the flag is kept in
-// writingBackNow, by the request's cancel channel, which is its context's
-// Done and unique among the requests in flight (as umasks does).
-type writebacks struct{ fuse.RawFileSystem }
-
-// writingBackNow holds the cancel channels of the WRITEs in flight that
-// carry a map's pages back. (One for the process: the channels are unique
-// across mirrors too.)
-var writingBackNow sync.Map
-
-func (w *writebacks) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
-	if in.WriteFlags&fuse.WRITE_CACHE == 0 {
-		return w.RawFileSystem.Writev(cancel, in, data)
-	}
-	writingBackNow.Store(cancel, struct{}{})
-	defer writingBackNow.Delete(cancel)
-	return w.RawFileSystem.Writev(cancel, in, data)
-}
-
-func (w *writebacks) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
-	if in.WriteFlags&fuse.WRITE_CACHE == 0 {
-		return w.RawFileSystem.Write(cancel, in, data)
-	}
-	writingBackNow.Store(cancel, struct{}{})
-	defer writingBackNow.Delete(cancel)
-	return w.RawFileSystem.Write(cancel, in, data)
-}
-
-// writingBack says whether ctx's request carries a map's pages back.
-func writingBack(ctx context.Context) bool {
-	_, ok := writingBackNow.Load(ctx.Done())
-	return ok
-}
-
-// writeInPlace writes data at off through f's O_APPEND descriptor: with
-// RWF_NOAPPEND (Linux 6.9+) the offset holds for this one write; on an
-// older kernel, through a descriptor of the same file opened anew without
-// O_APPEND. It runs as the daemon: the kernel sends a writeback as nobody's
-// (uid 0), on a file the caller opened for writing.
-func (f *file) writeInPlace(data [][]byte, off int64) (uint32, syscall.Errno) {
-	fd, ok := f.PassthroughFd()
-	if !ok {
-		return 0, syscall.EBADF
-	}
-	n, err := unix.Pwritev2(fd, data, off, unix.RWF_NOAPPEND)
-	if err == unix.EOPNOTSUPP {
-		again, oerr := unix.Open(loc{dir: fd}.proc(), unix.O_WRONLY|unix.O_CLOEXEC, 0)
-		if oerr != nil {
-			return 0, gofs.ToErrno(oerr)
-		}
-		n, err = unix.Pwritev(again, data, off)
-		unix.Close(again)
-	}
-	return uint32(n), gofs.ToErrno(err)
-}
-
 // isLocalFs says whether x, open at fd, is on one of localFs. The answer
 // is kept per device: an open costs no statfs, only the statx that checks
 // what it opened.
@@ -508,8 +401,8 @@ func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 // file fails). That costs an O_PATH open, a statx and a close; the chmod
 // and truncate, which go through /proc, would open one anyway.
 func (n *node) setattrAsCaller(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if fs, ok := f.(gofs.FileSetattrer); ok {
-		return n.m.asCaller(ctx, func() syscall.Errno { return fs.Setattr(ctx, in, out) })
+	if fa, ok := f.(gofs.FileSetattrer); ok {
+		return n.m.asCaller(ctx, func() syscall.Errno { return fa.Setattr(ctx, in, out) })
 	}
 	l, errno := n.locateSelf() // as the daemon: she need not search go-fuse's parent
 	if errno != 0 {
@@ -639,59 +532,6 @@ func timespec(valid, set, now uint32, sec uint64, nsec uint32) unix.Timespec {
 	return unix.Timespec{Sec: int64(sec), Nsec: int64(nsec)}
 }
 
-// Statx describes n, by an open file if the kernel passes one; by name it
-// is refused for a hidden node, as Getattr is. Of the kernel's flags only
-// the sync ones are taken: the rest say how to find the entry, and that is
-// the mirror's to say.
-func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags, mask uint32, out *fuse.StatxOut) syscall.Errno {
-	flags &= unix.AT_STATX_FORCE_SYNC | unix.AT_STATX_DONT_SYNC
-	if fs, ok := f.(gofs.FileStatxer); ok {
-		return fs.Statx(ctx, flags, mask, out)
-	}
-	p := n.m.policy.Load()
-	if errno := n.hiddenErr(p); errno != 0 {
-		return errno
-	}
-	l, errno := n.locate("")
-	if errno != 0 {
-		return errno
-	}
-	defer l.done()
-	var x unix.Statx_t
-	if err := unix.Statx(l.dir, l.path, int(flags)|l.flags(), int(mask), &x); err != nil {
-		return gone(l, gofs.ToErrno(err))
-	}
-	if err := n.mustBe(&x); err != nil {
-		return gofs.ToErrno(err)
-	}
-	out.FromStatx(&x)
-	out.SetTimeout(p.AttrTTL())
-	return 0
-}
-
-// Statfs describes the file system that holds n, through a descriptor of
-// n itself (locateSelf: another file put at n's name may be on another
-// file system): never through a path that follows a symlink, which would
-// tell a caller whether a path she may not search exists, or make the
-// daemon wait on an automount or a dead network mount.
-func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
-		return errno
-	}
-	l, errno := n.locateSelf()
-	if errno != 0 {
-		return errno
-	}
-	defer l.done()
-	var s syscall.Statfs_t
-	err := l.byFd(func(fd int) error { return syscall.Fstatfs(fd, &s) })
-	if err != nil {
-		return gofs.ToErrno(err)
-	}
-	out.FromStatfsT(&s)
-	return 0
-}
-
 // xattr runs call on a path to n, as the caller (reading too: as root, the
 // trusted.* attributes would be read and listed for anyone); follow says
 // whether the path is a /proc link to n, to be followed, or n's own name,
@@ -727,53 +567,10 @@ func (n *node) xattrAsDaemon(call func(path string, follow bool) (int, error)) (
 	return uint32(size), gofs.ToErrno(err)
 }
 
-// Getxattr reads an extended attribute, as the caller, of a node that is
-// not hidden. The POSIX ACLs are read as the daemon: the kernel asks for
-// them at every permission check of a folder the caller does not own (a
-// round trip each time), SOURCE lets anyone who reaches an entry read them,
-// and the kernel has checked the path she took to it.
-func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
-		return 0, errno
-	}
-	get := func(p string, follow bool) (int, error) {
-		if follow {
-			return unix.Getxattr(p, attr, dest)
-		}
-		return unix.Lgetxattr(p, attr, dest)
-	}
-	var size uint32
-	var errno syscall.Errno
-	if isACL(attr) {
-		size, errno = n.xattrAsDaemon(get)
-	} else {
-		size, errno = n.xattr(ctx, get)
-	}
-	if errno == syscall.EOPNOTSUPP && isACL(attr) {
-		// The kernel asks for the ACLs of every node it checks (EnableAcl),
-		// and takes any error as the answer to the check. A SOURCE without
-		// ACLs (exFAT, FAT, ...) has none: its mode bits are all there is.
-		return 0, syscall.ENODATA
-	}
-	return size, errno
-}
-
 // isACL says whether attr is one of the POSIX ACLs, which the kernel reads
 // for its own permission checks.
 func isACL(attr string) bool {
 	return attr == "system.posix_acl_access" || attr == "system.posix_acl_default"
-}
-
-func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	if errno := n.hiddenErr(n.m.policy.Load()); errno != 0 {
-		return 0, errno
-	}
-	return n.xattr(ctx, func(p string, follow bool) (int, error) {
-		if follow {
-			return unix.Listxattr(p, dest)
-		}
-		return unix.Llistxattr(p, dest)
-	})
 }
 
 func (n *node) setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
@@ -817,4 +614,101 @@ func (n *node) copyRange(ctx context.Context, in, out gofs.FileHandle, offIn, of
 		return gofs.ToErrno(err)
 	})
 	return uint32(count), errno
+}
+
+// statxByName describes n's file, found by its folder and name: the
+// attributes of another file put at the name since are not n's (mustBe).
+func (n *node) statxByName(flags, mask uint32, out *fuse.StatxOut) syscall.Errno {
+	l, errno := n.locate("")
+	if errno != 0 {
+		return errno
+	}
+	defer l.done()
+	var x unix.Statx_t
+	if err := unix.Statx(l.dir, l.path, int(flags)|l.flags(), int(mask), &x); err != nil {
+		return gone(l, gofs.ToErrno(err))
+	}
+	if err := n.mustBe(&x); err != nil {
+		return gofs.ToErrno(err)
+	}
+	out.FromStatx(&x)
+	return 0
+}
+
+// statfs describes the file system that holds n, through a descriptor of
+// n itself (locateSelf: another file put at n's name may be on another
+// file system): never through a path that follows a symlink, which would
+// tell a caller whether a path she may not search exists, or make the
+// daemon wait on an automount or a dead network mount.
+func (n *node) statfs(out *fuse.StatfsOut) syscall.Errno {
+	l, errno := n.locateSelf()
+	if errno != 0 {
+		return errno
+	}
+	defer l.done()
+	var s syscall.Statfs_t
+	err := l.byFd(func(fd int) error { return syscall.Fstatfs(fd, &s) })
+	if err != nil {
+		return gofs.ToErrno(err)
+	}
+	out.FromStatfsT(&s)
+	return 0
+}
+
+// readlink reads n's own target, not that of a symlink put at its name
+// since (locateSelf).
+func (n *node) readlink() ([]byte, syscall.Errno) {
+	l, errno := n.locateSelf()
+	if errno != 0 {
+		return nil, errno
+	}
+	defer l.done()
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		got, err := unix.Readlinkat(l.dir, l.path, buf)
+		if err != nil {
+			return nil, gofs.ToErrno(err)
+		}
+		if got < size {
+			return buf[:got], 0
+		}
+	}
+}
+
+// getxattr reads an extended attribute, as the caller. The POSIX ACLs are
+// read as the daemon: the kernel asks for them at every permission check
+// of a folder the caller does not own (a round trip each time), SOURCE
+// lets anyone who reaches an entry read them, and the kernel has checked
+// the path she took to it.
+func (n *node) getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	get := func(p string, follow bool) (int, error) {
+		if follow {
+			return unix.Getxattr(p, attr, dest)
+		}
+		return unix.Lgetxattr(p, attr, dest)
+	}
+	var size uint32
+	var errno syscall.Errno
+	if isACL(attr) {
+		size, errno = n.xattrAsDaemon(get)
+	} else {
+		size, errno = n.xattr(ctx, get)
+	}
+	if errno == syscall.EOPNOTSUPP && isACL(attr) {
+		// The kernel asks for the ACLs of every node it checks (EnableAcl),
+		// and takes any error as the answer to the check. A SOURCE without
+		// ACLs (exFAT, FAT, ...) has none: its mode bits are all there is.
+		return 0, syscall.ENODATA
+	}
+	return size, errno
+}
+
+// listxattr lists the extended attributes, as the caller.
+func (n *node) listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	return n.xattr(ctx, func(p string, follow bool) (int, error) {
+		if follow {
+			return unix.Listxattr(p, dest)
+		}
+		return unix.Llistxattr(p, dest)
+	})
 }

@@ -200,7 +200,7 @@ func mountKernel(raw fuse.RawFileSystem, mountpoint string, mo *fuse.MountOption
 }
 
 // newRoot opens source, and holds it open: every operation of the mirror
-// is relative to this descriptor (at.go).
+// is relative to this descriptor (locate.go).
 func newRoot(source string, pol *policy.Policy) (*node, error) {
 	fd, err := unix.Open(source, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {

@@ -2,10 +2,10 @@ package fs
 
 import (
 	"os"
+	"path"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"unicode"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -209,14 +209,14 @@ func (n *node) entryHidden(p *policy.Policy, name string, isDir bool) bool {
 	if !p.Hides() {
 		return false
 	}
-	if n.hidden(p, name, isDir) {
+	if n.nameHidden(p, name, isDir) {
 		return true
 	}
 	if !n.caseInsensitive() {
 		return false
 	}
 	for _, s := range n.storedNames(name) {
-		if s != name && n.hidden(p, s, isDir) {
+		if s != name && n.nameHidden(p, s, isDir) {
 			return true
 		}
 	}
@@ -258,18 +258,10 @@ func (n *node) pathHidden(p *policy.Policy) bool {
 	return hidden
 }
 
-// hiddenErr is ENOENT when n is hidden under p: no new access to it.
-func (n *node) hiddenErr(p *policy.Policy) syscall.Errno {
-	if n.pathHidden(p) {
-		return syscall.ENOENT
-	}
-	return 0
-}
-
-// storedPath is n's path from the root by the names SOURCE stores: a
-// folder reached as "ETC" on a case-insensitive source is "etc" to an
-// anchored pattern. It is built only when such a pattern's last component
-// matches.
+// storedPath is n's path from the root by the names SOURCE stores, the
+// one the policy's patterns see (see relPath for the other): a folder
+// reached as "ETC" on a case-insensitive source is "etc" to an anchored
+// pattern. It is built only when such a pattern's last component matches.
 func (n *node) storedPath() string {
 	var names []string
 	for in := n.EmbeddedInode(); in != n.m.root; {
@@ -288,4 +280,24 @@ func (n *node) storedPath() string {
 	}
 	slices.Reverse(names)
 	return strings.Join(names, "/")
+}
+
+// entryPath is the path of the entry name in n as the policy's patterns
+// see it: by the names SOURCE stores (storedPath).
+func (n *node) entryPath(name string) string { return path.Join(n.storedPath(), name) }
+
+// patternPath is entryPath(name) when some pattern of p names a path, and
+// "" otherwise: no pattern needs it, and it costs a walk to the root.
+func (n *node) patternPath(p *policy.Policy, name string) string {
+	if !p.NeedsPath() {
+		return ""
+	}
+	return n.entryPath(name)
+}
+
+// nameHidden says whether the entry name in n is hidden by the name as
+// given; its path is built only if an anchored pattern's last component
+// matches the name. (entryHidden also tries the names SOURCE stores.)
+func (n *node) nameHidden(p *policy.Policy, name string, isDir bool) bool {
+	return p.Hides() && p.HiddenLazy(name, isDir, func() string { return n.entryPath(name) })
 }

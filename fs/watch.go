@@ -15,7 +15,7 @@ import (
 // The kernel caches what the mirror tells it (names, attributes, data,
 // listings) for the cache timeouts, and knows nothing of a change made on
 // SOURCE directly. The watcher watches each folder the mirror keeps a
-// descriptor of (at.go: the root and every folder the kernel knows), and
+// descriptor of (locate.go: the root and every folder the kernel knows), and
 // tells the kernel at once what changed underneath: a name made, removed or
 // renamed drops that entry and the folder's listing; a file written or
 // changed drops its attributes and cached data (which is also what makes a
