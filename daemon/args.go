@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/user"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +27,7 @@ type Config struct {
 	AutoRemount   bool   // remount after an aborted connection
 	FsName        string
 	KernelFlags   []string // nodev, nosuid, noexec and their opposites, passed to mount(2)
+	IDs           fs.IDMap // uid=, gid=, umask=: the owner, group and mode bits a stat shows
 
 	AllowRoot bool        // allow_root: who may enter is root alone, which a root daemon's mount already is
 	LogLevel  *slog.Level // --log-level; nil: the policy file's log_level
@@ -283,6 +286,8 @@ func (c *Config) setMountOption(opt string) error {
 		c.AutoRemount = true
 	case key == "watch" && watchModes[value]:
 		c.Watch = value
+	case key == "uid", key == "gid", key == "umask":
+		return c.setIDOption(key, value)
 	case key == "fsname" && value != "":
 		c.FsName = value
 	case key == "pidfile" && value != "":
@@ -303,4 +308,65 @@ func (c *Config) setMountOption(opt string) error {
 // Background says whether this command line asks to detach.
 func (c *Config) Background() bool {
 	return !c.Foreground && !c.Debug && !c.Help && !c.Version && !c.Man && c.CheckConfig == "" && c.DetachDead == ""
+}
+
+// setIDOption sets what uid=, gid= or umask= make the mirror show
+// (fs.IDMap says what that grants: nothing SOURCE does not). A user or
+// group is given by number or by name; a name is resolved here, once, as
+// the daemon starts, so a later change in /etc/passwd changes nothing.
+func (c *Config) setIDOption(key, value string) error {
+	var err error
+	switch key {
+	case "uid":
+		c.IDs.UID, err = resolveID(value, func(name string) (string, error) {
+			u, err := user.Lookup(name)
+			if err != nil {
+				return "", err
+			}
+			return u.Uid, nil
+		})
+		c.IDs.SetUID = err == nil
+	case "gid":
+		c.IDs.GID, err = resolveID(value, func(name string) (string, error) {
+			g, err := user.LookupGroup(name)
+			if err != nil {
+				return "", err
+			}
+			return g.Gid, nil
+		})
+		c.IDs.SetGID = err == nil
+	case "umask":
+		var m uint64
+		m, err = strconv.ParseUint(value, 8, 32)
+		if err == nil && m > 0o777 {
+			err = errors.New("more than 777")
+		}
+		c.IDs.Umask, c.IDs.SetUmask = uint32(m), err == nil
+	}
+	if err != nil {
+		return usagef("mount option %s=%s: %v", key, value, err)
+	}
+	return nil
+}
+
+// resolveID reads a uid or gid: a number as it is, else a name through
+// lookup. (uid_t)-1 is refused: chown(2) takes it for "no change".
+func resolveID(value string, lookup func(string) (string, error)) (uint32, error) {
+	if value == "" {
+		return 0, errors.New("empty")
+	}
+	id, err := strconv.ParseUint(value, 10, 32)
+	if err != nil {
+		s, lerr := lookup(value)
+		if lerr != nil {
+			return 0, lerr
+		}
+		if id, err = strconv.ParseUint(s, 10, 32); err != nil {
+			return 0, err
+		}
+	}
+	if uint32(id) == ^uint32(0) {
+		return 0, errors.New("4294967295 is no id")
+	}
+	return uint32(id), nil
 }

@@ -66,7 +66,7 @@ func (d *daemon) mount(cfg *Config, pol *policy.Policy, log *slog.Logger) (*fs.M
 			m, err = fs.Mount(cfg.Mountpoint, fs.Options{
 				Source: cfg.Source, FsName: cfg.FsName, ReadOnly: cfg.ReadOnly, AllowOther: cfg.AllowOther,
 				NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, KernelFlags: cfg.KernelFlags,
-				Policy: pol, Log: log, Watch: cfg.Watch,
+				Policy: pol, Log: log, Watch: cfg.Watch, IDs: cfg.IDs,
 			})
 			return err
 		})

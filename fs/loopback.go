@@ -69,7 +69,9 @@ func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	}
 	defer l.done()
 	var x unix.Statx_t
-	if errno := statxAt(l, &x); errno != 0 {
+	// Under a mapping, SOURCE checks that she may search the folder
+	// (idmap.go): the kernel checked only what the mirror shows.
+	if errno := n.m.asMapped(ctx, func() syscall.Errno { return statxAt(l, &x) }); errno != 0 {
 		return nil, errno
 	}
 	return n.newChild(ctx, &x, out), 0
@@ -378,7 +380,9 @@ func (n *node) openDir() (int, syscall.Errno) {
 func (n *node) setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	errno := n.setattrAsCaller(ctx, f, in, out)
 	mode, ok := in.GetMode()
-	if errno != syscall.EPERM || !ok || n.m.euid != 0 {
+	// Under a mapping the kernel lets the shown owner ask for any chmod,
+	// not only the clearing a write of hers implies: nothing as root then.
+	if errno != syscall.EPERM || !ok || n.m.euid != 0 || n.m.mapped(ctx) {
 		return errno
 	}
 	if errno := n.clearSetID(mode, out); errno != 0 {

@@ -34,6 +34,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 		return nil, syscall.ENOENT
 	}
 	n.m.setEntryTimeouts(p, out)
+	n.m.showEntry(out)
 	return child, 0
 }
 
@@ -51,6 +52,7 @@ func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 	errno := n.getattr(ctx, f, out)
 	if errno == 0 {
 		n.m.setAttrTimeout(p, out)
+		n.m.showAttrOut(out)
 	}
 	return errno
 }
@@ -64,7 +66,11 @@ var _ = (gofs.NodeStatxer)((*node)(nil))
 func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags, mask uint32, out *fuse.StatxOut) syscall.Errno {
 	flags &= statxSyncType
 	if fx, ok := f.(gofs.FileStatxer); ok {
-		return fx.Statx(ctx, flags, mask, out)
+		errno := fx.Statx(ctx, flags, mask, out)
+		if errno == 0 {
+			n.m.showStatxOut(out)
+		}
+		return errno
 	}
 	p := n.m.policy.Load()
 	if errno := n.hiddenErr(p); errno != 0 {
@@ -73,6 +79,7 @@ func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags, mask uint32,
 	errno := n.statxByName(flags, mask, out)
 	if errno == 0 {
 		out.SetTimeout(p.AttrTTL())
+		n.m.showStatxOut(out)
 	}
 	return errno
 }
@@ -108,7 +115,11 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 	if errno := n.hiddenErr(p); errno != 0 {
 		return nil, 0, errno
 	}
-	d, errno := n.newDir(p)
+	var d *dir
+	errno := n.m.asMapped(ctx, func() (errno syscall.Errno) {
+		d, errno = n.newDir(p) // under a mapping, SOURCE checks her read access (idmap.go)
+		return errno
+	})
 	if errno != 0 {
 		return nil, 0, errno
 	}
@@ -146,6 +157,7 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 	}
 	inode, fh, fuseFlags, errno := n.create(ctx, name, flags, mode, out)
 	n.m.setEntryTimeouts(p, out)
+	n.m.showEntry(out)
 	return inode, fh, fuseFlags, errno
 }
 
@@ -158,6 +170,7 @@ func (n *node) Tmpfile(ctx context.Context, flags, mode uint32, out *fuse.EntryO
 	}
 	inode, fh, fuseFlags, errno := n.tmpfile(ctx, flags, mode, out)
 	n.m.setEntryTimeouts(p, out)
+	n.m.showEntry(out)
 	return inode, fh, fuseFlags, errno
 }
 
@@ -170,6 +183,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	}
 	child, errno := n.mkdir(ctx, name, mode, out)
 	n.m.setEntryTimeouts(p, out)
+	n.m.showEntry(out)
 	return child, errno
 }
 
@@ -182,6 +196,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode, dev uint32, out *fu
 	}
 	child, errno := n.mknod(ctx, name, mode, dev, out)
 	n.m.setEntryTimeouts(p, out)
+	n.m.showEntry(out)
 	return child, errno
 }
 
@@ -194,6 +209,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	}
 	child, errno := n.symlink(ctx, target, name, out)
 	n.m.setEntryTimeouts(p, out)
+	n.m.showEntry(out)
 	return child, errno
 }
 
@@ -216,6 +232,7 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	}
 	child, errno := n.link(ctx, t, name, out)
 	n.m.setEntryTimeouts(p, out)
+	n.m.showEntry(out)
 	return child, errno
 }
 
@@ -262,18 +279,23 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 var _ = (gofs.NodeSetattrer)((*node)(nil))
 
 // Setattr through an open handle keeps working on a node hidden since;
-// without one, it is a change by path, refused.
+// without one, it is a change by path, refused. A chown of a mapped owner
+// or group is refused (idmap.go).
 func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	p := n.m.policy.Load()
 	errno := writeErr(p)
 	if errno == 0 && f == nil {
 		errno = n.hiddenErr(p)
 	}
+	if errno == 0 {
+		errno = n.m.ids.chownErr(in)
+	}
 	if errno != 0 {
 		return errno
 	}
 	if errno = n.setattr(ctx, f, in, out); errno == 0 {
 		n.m.setAttrTimeout(p, out)
+		n.m.showAttrOut(out)
 	}
 	return errno
 }

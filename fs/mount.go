@@ -28,6 +28,7 @@ type Options struct {
 	KernelFlags   []string       // nodev, nosuid, noexec, ...
 	Policy        *policy.Policy // nil: policy.Default
 	Watch         string         // WatchAuto ("" too), WatchFanotify, WatchInotify or WatchOff
+	IDs           IDMap          // the owner, group and mode bits shown (idmap.go)
 	Log           *slog.Logger
 }
 
@@ -70,6 +71,7 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 		return nil, err
 	}
 	root.m.readOnly = o.ReadOnly
+	root.m.ids = o.IDs
 	w, watching, err := newWatcher(o.Watch, o.Log)
 	if err != nil {
 		unix.Close(root.m.rootFd)

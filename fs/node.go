@@ -28,6 +28,7 @@ type shared struct {
 	localDevs   sync.Map     // device → whether on a localFs (loopback.go)
 	watch       *watcher     // tells the kernel of changes on SOURCE (watch.go); nil: none
 	backing     *backing     // passthrough's state (passthrough.go)
+	ids         IDMap        // what stat shows: -o uid=, gid=, umask= (idmap.go)
 }
 
 // node is one file or directory of the mirror: its go-fuse methods
@@ -64,8 +65,18 @@ func (m *shared) setEntryTimeouts(p *policy.Policy, out *fuse.EntryOut) {
 		out.SetAttrTimeout(staleTimeout)
 		return
 	}
-	out.SetEntryTimeout(p.EntryTTL())
+	out.SetEntryTimeout(m.entryTTL(p))
 	out.SetAttrTimeout(p.AttrTTL())
+}
+
+// entryTTL is p's entry timeout, or none under a mapping: every walk
+// through the mirror is then looked up again, name by name, with the
+// walker's credentials (idmap.go).
+func (m *shared) entryTTL(p *policy.Policy) time.Duration {
+	if m.ids.Active() {
+		return 0
+	}
+	return p.EntryTTL()
 }
 
 // setAttrTimeout is setEntryTimeouts for a reply with attributes only.
