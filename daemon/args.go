@@ -153,6 +153,11 @@ func (c *Config) checkAccessOptions() error {
 		return usagef("allow_root and allow_other exclude each other (as with libfuse): allow_other lets root in too")
 	case c.AllowRoot && geteuid() != 0:
 		return usagef("allow_root: a mirror mounted by uid %d lets in that user alone, and the kernel has no way to add root but allow_other, which lets in everyone; run mirrorfs as root, or use allow_other", geteuid())
+	case c.AllowOther && (c.IDs.SetUID || c.IDs.SetGID) && geteuid() != 0:
+		// Only a root daemon carries out others' requests with their own
+		// credentials (fs/creds.go); a user's daemon does all as its user,
+		// so the shown owner would get that user's access to her files.
+		return usagef("uid=/gid= with allow_other: a mirror mounted by uid %d acts as that user for everyone, and would give the shown owner that user's access; run mirrorfs as root", geteuid())
 	}
 	return nil
 }

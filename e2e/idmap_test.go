@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -221,11 +222,33 @@ func TestIDMapChownRefused(t *testing.T) {
 	})
 }
 
+// TestIDMapOptionsRefused: a value that names no user, group or umask is
+// a usage error that says what is wrong with it.
 func TestIDMapOptionsRefused(t *testing.T) {
 	e := newEnv(t)
-	for _, opt := range []string{"uid=no-such-user-here", "gid=no-such-group-here", "umask=1000", "umask=9", "uid=4294967295", "uid="} {
-		if r := mirrorfs(t, e.dir, e.args("-o", opt)...); r.code != 2 {
-			t.Errorf("-o %s: exit %d, want 2 (%s)", opt, r.code, r.stderr)
+	for opt, why := range map[string]string{
+		"uid=no-such-user-here":  "unknown user",
+		"gid=no-such-group-here": "unknown group",
+		"umask=1000":             "more than 777",
+		"umask=9":                "invalid syntax",
+		"uid=4294967295":         "no id",
+		"uid=":                   "empty",
+	} {
+		r := mirrorfs(t, e.dir, e.args("-o", opt)...)
+		if r.code != 2 || !strings.Contains(r.stderr, opt+": ") || !strings.Contains(r.stderr, why) {
+			t.Errorf("-o %s: exit %d, want 2 and %q: %s", opt, r.code, why, r.stderr)
 		}
+	}
+}
+
+// TestIDMapUsersMirrorRefusesMappedOwners: a daemon that is not root does
+// every caller's request as its own user, so with allow_other a shown
+// owner would borrow that user's access: refused at the start.
+func TestIDMapUsersMirrorRefusesMappedOwners(t *testing.T) {
+	uid, _ := adversary(t)
+	out, err := asAdversary(t, bin, "-o", fmt.Sprintf("allow_other,uid=%d", uid), "/nonexistent-src", "/nonexistent-mnt")
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(out, "run mirrorfs as root") {
+		t.Errorf("a user's mirror with allow_other,uid=: %v, %s", err, out)
 	}
 }
