@@ -292,6 +292,9 @@ func (c *Config) setMountOption(opt string) error {
 	case key == "watch" && watchModes[value]:
 		c.Watch = value
 	case key == "uid", key == "gid", key == "umask":
+		// What a stat shows (owner, group, mode less umask), never what
+		// SOURCE holds or grants: the caller's own credentials still decide
+		// each step (fs/idmap.go), and chown/chgrp of a mapped id is EPERM.
 		return c.setIDOption(key, value)
 	case key == "fsname" && value != "":
 		c.FsName = value

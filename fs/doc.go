@@ -24,6 +24,7 @@
 //	listing.go      the listing cache (FOPEN_CACHE_DIR) and what a listing leaves out
 //	creds.go        carrying out a request with the caller's credentials
 //	umask.go        the caller's umask, applied where SOURCE would (no default ACL)
+//	idmap.go        -o uid=, gid=, umask=: what a stat shows, and SOURCE checking each step under it
 //	ioctl.go        the ioctl allowlist, run on the daemon's own descriptor
 //	writeback.go    marks the WRITEs that carry a shared map's pages back (kept in place)
 //	passthrough.go  passthrough registration, and its real state reported
