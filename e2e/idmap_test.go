@@ -87,7 +87,11 @@ func TestIDMapGrantsNothingBeyondSource(t *testing.T) {
 		os.Chmod(filepath.Join(e.src, "vault"), 0o700)
 		os.Chmod(filepath.Join(e.src, "open", "secret"), 0o600)
 		startMapped(e, mode, fmt.Sprintf("uid=%d,gid=%d", uid, gid))
-		// root walks everything first: the kernel knows every entry.
+		// root walks and lists everything first: the kernel knows every
+		// entry, and keeps vault's listing.
+		if _, err := os.ReadDir(filepath.Join(e.mnt, "vault")); err != nil {
+			t.Fatal(err)
+		}
 		for _, name := range []string{"vault/inner", "vault/pub/file", "open/secret"} {
 			if _, err := os.ReadFile(filepath.Join(e.mnt, name)); err != nil {
 				t.Fatalf("root reading %s: %v", name, err)

@@ -61,22 +61,23 @@ const staleTimeout = time.Nanosecond
 // "0s" in the policy must mean no caching.
 func (m *shared) setEntryTimeouts(p *policy.Policy, out *fuse.EntryOut) {
 	if m.policy.Load() != p {
-		out.SetEntryTimeout(staleTimeout)
+		out.SetEntryTimeout(m.entryTTL(staleTimeout))
 		out.SetAttrTimeout(staleTimeout)
 		return
 	}
-	out.SetEntryTimeout(m.entryTTL(p))
+	out.SetEntryTimeout(m.entryTTL(p.EntryTTL()))
 	out.SetAttrTimeout(p.AttrTTL())
 }
 
-// entryTTL is p's entry timeout, or none under a mapping: every walk
-// through the mirror is then looked up again, name by name, with the
-// walker's credentials (idmap.go).
-func (m *shared) entryTTL(p *policy.Policy) time.Duration {
+// entryTTL is ttl, or none under a mapping: every walk through the mirror
+// is then looked up again, name by name, with the walker's credentials
+// (idmap.go). None is 0, not staleTimeout, which the kernel keeps until
+// its next tick.
+func (m *shared) entryTTL(ttl time.Duration) time.Duration {
 	if m.ids.Active() {
 		return 0
 	}
-	return p.EntryTTL()
+	return ttl
 }
 
 // setAttrTimeout is setEntryTimeouts for a reply with attributes only.
