@@ -63,8 +63,13 @@ func TestIDMapShowsTheMappedOwnerAndMode(t *testing.T) {
 		want("d", "750")
 		want("l", "777") // a symlink's bits mean nothing: kept
 		want("", "750")  // the mountpoint, SOURCE's 0755 root
+		// An open file (a passthrough one in that mode) shows the same.
+		out, err := asAdversary(t, "sh", "-c", `exec 3<"$1" && stat -L -c %u:%g:%a /proc/self/fd/3`, "sh", filepath.Join(e.mnt, "f"))
+		if want := fmt.Sprintf("%d:%d:640", uid, gid); err != nil || strings.TrimSpace(out) != want {
+			t.Errorf("f, open, shows %v %q, want %s", err, out, want)
+		}
 		// ls -l lists through READDIRPLUS: the same owner there.
-		out, err := asAdversary(t, "ls", "-ln", e.mnt)
+		out, err = asAdversary(t, "ls", "-ln", e.mnt)
 		if err != nil || !strings.Contains(out, fmt.Sprintf("%d %d", uid, gid)) || strings.Contains(out, " 0 0 ") {
 			t.Errorf("ls -ln of the mirror: %v\n%s", err, out)
 		}
@@ -119,6 +124,7 @@ func TestIDMapGrantsNothingBeyondSource(t *testing.T) {
 		refused("read below root's 0700 folder", "cat", m("vault/pub/file"))
 		refused("chmod root's file", "chmod", "0666", m("open/victim"))
 		refused("chown root's file to herself", "chown", strconv.Itoa(uid), m("open/victim"))
+		refused("give herself an ACL entry on root's file", "setfacl", "-m", fmt.Sprintf("u:%d:rw", uid), m("open/secret"))
 		refused("set root's file's times", "touch", "-d", "2001-01-01", m("open/victim"))
 		refused("remove a file from root's folder", "rm", "-f", m("open/victim"))
 		refused("make a file in root's folder", "touch", m("open/new"))
