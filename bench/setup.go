@@ -40,9 +40,11 @@ func targets(mirrorfs, work string) []target {
 	for _, m := range mirrorfsTargets {
 		ts = append(ts, target{name: m.name, start: mirrorfsStarter(mirrorfs, work, m.opts(work)...)})
 	}
-	ts = append(ts, target{name: "bindfs", start: helperStarter("bindfs")})
+	ts = append(ts, target{name: "bindfs", start: helperStarter("bindfs", "allow_other")})
 	if _, err := exec.LookPath("mergerfs"); err == nil {
-		ts = append(ts, target{name: "mergerfs", start: helperStarter("mergerfs")})
+		// minfreespace=0: mergerfs's default (4G) refuses every create on
+		// the bench's small tmpfs, which measures nothing.
+		ts = append(ts, target{name: "mergerfs", start: helperStarter("mergerfs", "allow_other,minfreespace=0")})
 	}
 	return ts
 }
@@ -78,9 +80,9 @@ func policyFile(work string) string {
 }
 
 // helperStarter starts a FUSE daemon that detaches once mounted (libfuse).
-func helperStarter(name string) func(src, mnt, id string) (int, error) {
+func helperStarter(name, opts string) func(src, mnt, id string) (int, error) {
 	return func(src, mnt, id string) (int, error) {
-		if out, err := exec.Command(name, "-o", "allow_other", src, mnt).CombinedOutput(); err != nil {
+		if out, err := exec.Command(name, "-o", opts, src, mnt).CombinedOutput(); err != nil {
 			return 0, fmt.Errorf("%s: %v: %s", name, err, out)
 		}
 		return findProcess(name, mnt)
