@@ -341,3 +341,34 @@ func TestWatchHeldFileWithoutAName(t *testing.T) {
 		seen(t, "a write on SOURCE to a file with no name", func() bool { return preadAll(held) == "written on SOURCE" })
 	})
 }
+
+// TestWatchLateEventSparesANewerEntry: the watcher learns of a change on
+// SOURCE a moment after it happened; by then the name may lead to a newer
+// entry, made through the mirror. A folder made, filled and removed on
+// SOURCE, then made again through the mirror at once, must stay usable:
+// the late news of the old folder's removal must not kill the new one.
+func TestWatchLateEventSparesANewerEntry(t *testing.T) {
+	watchModes(t, func(t *testing.T, e *env) {
+		for i := range 300 {
+			src, mnt := filepath.Join(e.src, "d"), filepath.Join(e.mnt, "d")
+			if err := os.Mkdir(src, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, filepath.Join(src, "x"), "x")
+			if err := os.RemoveAll(src); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Mkdir(mnt, 0o755); err != nil {
+				t.Fatalf("round %d: mkdir through the mirror: %v", i, err)
+			}
+			for j := range 5 {
+				if err := os.WriteFile(filepath.Join(mnt, fmt.Sprint(j)), nil, 0o644); err != nil {
+					t.Fatalf("round %d: a file in the folder just made through the mirror: %v", i, err)
+				}
+			}
+			if err := os.RemoveAll(mnt); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}

@@ -553,12 +553,20 @@ func (w *watcher) send(root *node, b batch) {
 // content was dropped already in this batch.
 func (c *changes) send(n *node, fresh map[*node]bool) int {
 	sent := 0
+	// The name is dropped from the kernel's cache, never deleted there
+	// (NotifyDelete): the news comes late, and by then the name may lead
+	// to a newer entry made through the mirror, which a delete would kill
+	// (a folder marked dead takes no new entries: ENOENT). A dropped name
+	// is only looked up again. What the old entry's holders see (an nlink
+	// of 0) comes with its attributes, dropped alike: a newer file of that
+	// name loses nothing but a GETATTR.
 	for name, gone := range c.names {
-		child := n.GetChild(name)
-		if !gone || child == nil || n.NotifyDelete(name, child) != 0 {
-			n.NotifyEntry(name)
-		}
+		n.NotifyEntry(name)
 		sent++
+		if child := n.GetChild(name); gone && child != nil {
+			child.NotifyContent(-1, 0) // attributes only
+			sent++
+		}
 	}
 	for name := range c.content {
 		// Even a name made in this batch: the kernel may have looked it
