@@ -117,6 +117,8 @@ EXAMPLES   := $(wildcard scripts/examples/*)
 .PHONY: install
 install: mirrorfs mirrorfs.8 ## install under DESTDIR/PREFIX (default /usr/local): binary, wrapper, units, man page, completion, examples
 	install -D -m 0755 mirrorfs $(DESTDIR)$(BINDIR)/mirrorfs
+	@case ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:" in *":$(BINDIR):"*) ;; \
+	*) echo "note: mount(8) finds helpers on its own PATH only; for fstab mounts: ln -s $(BINDIR)/mirrorfs /usr/local/bin/" ;; esac
 	install -D -m 0755 scripts/mirrorfs-ctl $(DESTDIR)$(SBINDIR)/mirrorfs-ctl
 	install -D -m 0644 mirrorfs.8 $(DESTDIR)$(MANDIR)/man8/mirrorfs.8
 	install -D -m 0644 scripts/completion/mirrorfs-ctl.bash $(DESTDIR)$(COMPLETIONDIR)/mirrorfs-ctl
