@@ -6,12 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"mirrorfs/daemon"
 )
@@ -108,67 +104,4 @@ func opLine(out, op string) []string {
 		}
 	}
 	return nil
-}
-
-// TestStatsCost measures what the collector costs, in one run: the same
-// tight loop (statfs, then open, a 4 KiB read and close, all of which
-// reach the daemon without passthrough) through a mirror with it and one
-// without (MIRRORFS_STATS=off), in alternating rounds on a shared machine.
-func TestStatsCost(t *testing.T) {
-	on, off := newEnv(t), newEnv(t)
-	for _, e := range []*env{on, off} {
-		os.WriteFile(filepath.Join(e.src, "f"), bytes.Repeat([]byte("x"), 4096), 0o644)
-	}
-	on.start("-o", "nopassthrough")
-	t.Setenv("MIRRORFS_STATS", "off")
-	off.start("-o", "nopassthrough")
-	// Many short rounds, alternating which goes first, so that what else
-	// runs on the machine falls on both alike.
-	const rounds, loops = 60, 200
-	var with, without time.Duration
-	var ratios []float64
-	for i := range rounds {
-		var a, b time.Duration
-		if i%2 == 0 {
-			a = costLoop(t, on.mnt, loops)
-			b = costLoop(t, off.mnt, loops)
-		} else {
-			b = costLoop(t, off.mnt, loops)
-			a = costLoop(t, on.mnt, loops)
-		}
-		with, without = with+a, without+b
-		ratios = append(ratios, float64(a)/float64(b))
-	}
-	sort.Float64s(ratios)
-	median := ratios[rounds/2]
-	t.Logf("with/without the collector, %d rounds of %d loops: median ratio %.3f, total %.3f (%v / %v), per loop %v / %v",
-		rounds, loops, median, float64(with)/float64(without), with, without,
-		with/(rounds*loops), without/(rounds*loops))
-	if median > 1.25 {
-		t.Errorf("the collector costs %.0f%% on a tight loop", (median-1)*100)
-	}
-	if s, err := os.ReadFile(daemon.StatsPath(off.pidf)); err == nil {
-		t.Errorf("MIRRORFS_STATS=off still publishes:\n%s", s)
-	}
-}
-
-func costLoop(t *testing.T, mnt string, n int) time.Duration {
-	buf := make([]byte, 4096)
-	var st unix.Statfs_t
-	name := filepath.Join(mnt, "f")
-	began := time.Now()
-	for range n {
-		if err := unix.Statfs(mnt, &st); err != nil {
-			t.Fatal(err)
-		}
-		fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := unix.Pread(fd, buf, 0); err != nil {
-			t.Fatal(err)
-		}
-		unix.Close(fd)
-	}
-	return time.Since(began)
 }
