@@ -154,7 +154,7 @@ func TestCtlCompletion(t *testing.T) {
 		return strings.TrimSpace(string(out))
 	}
 	for words, want := range map[string]string{
-		"":         "start stop restart reload force-reload status",
+		"":         "start stop restart upgrade reload force-reload status",
 		"re":       "restart reload",
 		"stop d":   "data docs",
 		"start ":   "backup data docs",

@@ -99,7 +99,7 @@ func TestCtlVerbs(t *testing.T) {
 		t.Error("start after kill -9 did not recover the dead mount")
 	}
 
-	c.want("restart", 0, "mirrorfs: mounted")
+	c.want("restart", 0, "mirrorfs: took over")
 	third := e.pid()
 	e.pids = append(e.pids, third)
 	if third == second || syscall.Kill(second, 0) == nil && waitExit(t, second) != 0 {
