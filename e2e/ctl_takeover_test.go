@@ -233,3 +233,53 @@ func TestCtlUpgradeRefused(t *testing.T) {
 	c.want("status", 0, fmt.Sprintf("running (pid %d)", pid))
 	c.want("stop", 0, "is free")
 }
+
+// TestCtlUpgradeRefusesAUnit: a daemon that systemd runs as one of
+// mirrorfs's units is neither upgraded nor restarted by the wrapper (a new
+// daemon would be outside the unit); it says which unit, and the daemon
+// serves on. The unit is played by a cgroup of that name in the hierarchy
+// systemd would use.
+func TestCtlUpgradeRefusesAUnit(t *testing.T) {
+	e := newEnv(t)
+	c := newCtl(e, "")
+	c.want("start", 0, "mirrorfs: mounted")
+	pid := e.pid()
+	e.pids = append(e.pids, pid)
+	unit := fmt.Sprintf("mirrorfs@ctltest%d.service", os.Getpid())
+	enterCgroup(t, unit, pid)
+	for _, verb := range []string{"upgrade", "restart"} {
+		c.want(verb, 1, "runs as systemd's "+unit)
+		if e.pid() != pid || syscall.Kill(pid, 0) != nil {
+			t.Fatalf("%s of a unit's daemon replaced it: pid %d -> %d", verb, pid, e.pid())
+		}
+	}
+	c.want("stop", 0, "is free")
+}
+
+// enterCgroup moves pid into a new cgroup named unit in the hierarchy that
+// systemd names units by (name=systemd on a hybrid machine, else the
+// unified one), and back out in cleanup.
+func enterCgroup(t *testing.T, unit string, pid int) {
+	t.Helper()
+	var root string
+	for _, dir := range []string{"/sys/fs/cgroup/systemd", "/sys/fs/cgroup"} {
+		if exists(filepath.Join(dir, "cgroup.procs")) {
+			root = dir
+			break
+		}
+	}
+	if root == "" {
+		t.Skip("no cgroup hierarchy to name a unit in")
+	}
+	dir := filepath.Join(root, unit)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Skipf("cannot make a cgroup: %v", err)
+	}
+	t.Cleanup(func() {
+		os.WriteFile(filepath.Join(root, "cgroup.procs"), []byte(fmt.Sprint(pid)), 0o644)
+		os.Remove(dir)
+	})
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(fmt.Sprint(pid)), 0o644); err != nil {
+		t.Skipf("cannot move the daemon into a cgroup: %v", err)
+	}
+}
