@@ -112,6 +112,10 @@ func (d *daemon) drain() {
 			return
 		case <-d.hups:
 			d.reopenLog()
+		case c := <-d.calls: // a caller connected before the handover
+			if c.reply != nil {
+				c.reply <- ctlReply{Error: "this daemon was taken over and is draining", Pid: os.Getpid()}
+			}
 		}
 	}
 }
