@@ -169,6 +169,7 @@ func (d *daemon) ready(rep *reporter) {
 	d.state = State{Pid: os.Getpid(), Source: cfg.Source, Mountpoint: cfg.Mountpoint, Config: cfg.ConfigFile, Started: time.Now().UTC()}
 	d.writeState()
 	d.listenControl()
+	sweepDrainRecords(d.pidfile)
 	// Both kinds of read-only: the kernel mount's (-o ro) and the policy's
 	// read_only; either refuses writes, and a line naming one alone misleads.
 	d.log.Info("ready", "source", cfg.Source, "mountpoint", cfg.Mountpoint, "passthrough", d.mirror.Passthrough(),

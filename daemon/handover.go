@@ -189,3 +189,30 @@ func (r *drainRecord) remove() {
 	}
 	r.dir.Close()
 }
+
+// sweepDrainRecords removes the drain records of daemons killed while
+// they drained: a live one holds the flock on its record, so a record
+// whose flock is free is a dead daemon's.
+func sweepDrainRecords(p *Pidfile) {
+	dirfd, err := unix.Openat(int(p.Dir().Fd()), ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	dir := os.NewFile(uintptr(dirfd), p.Dir().Name())
+	defer dir.Close()
+	names, _ := dir.Readdirnames(-1)
+	prefix := filepath.Base(strings.TrimSuffix(p.Path(), ".pid")) + ".draining."
+	for _, name := range names {
+		if !strings.HasPrefix(name, prefix) {
+			continue
+		}
+		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		if unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) == nil {
+			unix.Unlinkat(dirfd, name, 0)
+		}
+		unix.Close(fd)
+	}
+}
