@@ -82,7 +82,9 @@ func TestDaemonProperties(t *testing.T) {
 }
 
 // checkFds checks stdin and stdout are /dev/null, stderr the log, and every
-// other descriptor close-on-exec and none a pipe (the status pipe is closed).
+// other descriptor close-on-exec and none a pipe (the status pipe is closed)
+// or a socket, but for one listening socket: the control socket a takeover
+// asks on.
 func checkFds(t *testing.T, pid int, logf string) {
 	t.Helper()
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
@@ -93,11 +95,14 @@ func checkFds(t *testing.T, pid int, logf string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	listeners := 0
 	for _, ent := range entries {
 		target, _ := os.Readlink(filepath.Join(dir, ent.Name()))
 		var fd int
 		fmt.Sscan(ent.Name(), &fd)
 		switch {
+		case listeningUnix(t, target) && listeners == 0:
+			listeners++
 		case fd <= 1 && target != "/dev/null":
 			t.Errorf("fd %d is %s, want /dev/null", fd, target)
 		case fd == 2 && target != logf:
@@ -108,6 +113,27 @@ func checkFds(t *testing.T, pid int, logf string) {
 			t.Errorf("fd %d (%s) would leak into children: no O_CLOEXEC", fd, target)
 		}
 	}
+}
+
+// listeningUnix says whether target ("socket:[INODE]") is a listening
+// unix socket (flag __SO_ACCEPTCON in /proc/net/unix).
+func listeningUnix(t *testing.T, target string) bool {
+	var inode string
+	if _, err := fmt.Sscanf(target, "socket:[%s", &inode); err != nil {
+		return false
+	}
+	inode = strings.TrimSuffix(inode, "]")
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line) // Num RefCount Protocol Flags Type St Inode Path
+		if len(f) >= 7 && f[6] == inode {
+			return f[3] == "00010000"
+		}
+	}
+	return false
 }
 
 // hasPipe says whether a process's fd folder holds a pipe.
