@@ -224,8 +224,8 @@ func TestCtlUpgradeRefused(t *testing.T) {
 	e.pids = append(e.pids, pid)
 	e.writePolicy("read_only = 'broken'\n")
 	r := c.run("upgrade")
-	if r.code == 0 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || !strings.Contains(r.stderr, "takeover") {
-		t.Errorf("upgrade with a broken policy: exit %d, %q; want non-zero and one line", r.code, r.stderr)
+	if r.code == 0 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || !strings.Contains(r.stderr, "policy.toml:1") {
+		t.Errorf("upgrade with a broken policy: exit %d, %q; want non-zero and one line naming the policy file", r.code, r.stderr)
 	}
 	if e.pid() != pid || !mounted(e.mnt) {
 		t.Errorf("a refused upgrade changed the daemon: pid %d -> %d, mounted %v", pid, e.pid(), mounted(e.mnt))
