@@ -74,7 +74,7 @@ func (d *daemon) detach(c ctlCall) ctlReply {
 	if limit <= 0 {
 		limit = DefaultDrainTimeout
 	}
-	rec, err := newDrainRecord(d.pidfile, d.cfg.Mountpoint, c.peer, limit)
+	rec, err := newDrainRecord(d.pidfile, Draining{Source: d.cfg.Source, Mountpoint: d.cfg.Mountpoint, Successor: c.peer}, limit)
 	if err != nil {
 		r.Error = err.Error()
 		return r
@@ -140,6 +140,7 @@ type drainRecord struct {
 // Draining is what a drain record says after its first line.
 type Draining struct {
 	Pid        int       `json:"pid"`
+	Source     string    `json:"source"`
 	Mountpoint string    `json:"mountpoint"`
 	Since      time.Time `json:"since"`
 	Deadline   time.Time `json:"deadline"`
@@ -151,7 +152,7 @@ func DrainPath(pidfile string, pid int) string {
 	return fmt.Sprintf("%s.draining.%d", strings.TrimSuffix(pidfile, ".pid"), pid)
 }
 
-func newDrainRecord(p *Pidfile, mountpoint string, successor int, limit time.Duration) (*drainRecord, error) {
+func newDrainRecord(p *Pidfile, what Draining, limit time.Duration) (*drainRecord, error) {
 	dir, err := dupFile(p.Dir())
 	if err != nil {
 		return nil, fmt.Errorf("drain record: %w", err)
@@ -162,10 +163,10 @@ func newDrainRecord(p *Pidfile, mountpoint string, successor int, limit time.Dur
 		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 	}
 	if err == nil {
-		now := time.Now().UTC()
+		what.Pid, what.Since = os.Getpid(), time.Now().UTC()
+		what.Deadline = what.Since.Add(limit)
 		var b []byte
-		b, err = json.MarshalIndent(Draining{Pid: os.Getpid(), Mountpoint: mountpoint, Since: now,
-			Deadline: now.Add(limit), Successor: successor}, "", "  ")
+		b, err = json.MarshalIndent(what, "", "  ")
 		if err == nil {
 			_, err = fmt.Fprintf(f, "%d\n%s\n", os.Getpid(), b)
 		}
