@@ -18,6 +18,7 @@ import (
 // Mount is one line of /proc/self/mountinfo.
 type Mount struct {
 	ID         int    // reused by the kernel once the mount is gone
+	Parent     int    // the id of the mount it is mounted on
 	Dev        string // major:minor; for FUSE, the connection
 	Mountpoint string
 	FSType     string
@@ -54,7 +55,11 @@ func parseMountLine(line string) (Mount, error) {
 	if err != nil {
 		return Mount{}, fmt.Errorf("mount id %q: %w", f[0], err)
 	}
-	return Mount{ID: id, Dev: f[2], Mountpoint: unescapeOctal(f[4]), FSType: unescapeOctal(g[0]), Source: unescapeOctal(g[1])}, nil
+	parent, err := strconv.Atoi(f[1])
+	if err != nil {
+		return Mount{}, fmt.Errorf("parent id %q: %w", f[1], err)
+	}
+	return Mount{ID: id, Parent: parent, Dev: f[2], Mountpoint: unescapeOctal(f[4]), FSType: unescapeOctal(g[0]), Source: unescapeOctal(g[1])}, nil
 }
 
 // unescapeOctal undoes the kernel's \ooo escapes (space, tab, newline, backslash).
@@ -99,17 +104,23 @@ func Read() ([]Mount, error) {
 
 const selfTable = "/proc/self/mountinfo"
 
-// TopAt returns the mount that is visible at path (the last one
-// mounted there), if any.
+// TopAt returns the mount that is visible at path, if any: of the mounts
+// stacked there, the one no other is mounted on. The table's order does
+// not tell: a mount slid beneath the top one (MOVE_MOUNT_BENEATH, a
+// takeover) is listed after it.
 func TopAt(mounts []Mount, path string) (Mount, bool) {
-	var top Mount
-	found := false
+	covered := map[int]bool{}
 	for _, m := range mounts {
 		if m.Mountpoint == path {
-			top, found = m, true
+			covered[m.Parent] = true
 		}
 	}
-	return top, found
+	for _, m := range mounts {
+		if m.Mountpoint == path && !covered[m.ID] {
+			return m, true
+		}
+	}
+	return Mount{}, false
 }
 
 // Has reports whether mount m is still in the table. The kernel

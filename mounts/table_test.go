@@ -7,7 +7,7 @@ import (
 
 const sampleMountinfo = `22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 36 22 0:32 / /tmp/my\040mnt rw,nosuid,nodev,relatime shared:20 - fuse.mirrorfs /srv/a\134b rw,user_id=0,group_id=0
-37 22 0:33 / /tmp/my\040mnt rw,relatime - tmpfs tmpfs rw
+37 36 0:33 / /tmp/my\040mnt rw,relatime - tmpfs tmpfs rw
 40 22 0:34 / /run/user rw - tmpfs none rw
 `
 
@@ -19,7 +19,7 @@ func TestParseMountinfo(t *testing.T) {
 	if len(mounts) != 4 {
 		t.Fatalf("got %d mounts, want 4", len(mounts))
 	}
-	want := Mount{ID: 36, Dev: "0:32", Mountpoint: "/tmp/my mnt", FSType: "fuse.mirrorfs", Source: `/srv/a\b`}
+	want := Mount{ID: 36, Parent: 22, Dev: "0:32", Mountpoint: "/tmp/my mnt", FSType: "fuse.mirrorfs", Source: `/srv/a\b`}
 	if mounts[1] != want {
 		t.Errorf("mounts[1] = %+v, want %+v", mounts[1], want)
 	}
@@ -34,6 +34,22 @@ func TestParseMountinfo(t *testing.T) {
 	if !Has(mounts, run) || Has(mounts, Mount{ID: 41, Dev: "0:34", Mountpoint: "/run/user"}) ||
 		Has(mounts, Mount{ID: 40, Dev: "0:99", Mountpoint: "/run/user"}) || Has(mounts, Mount{ID: 40, Dev: "0:34"}) {
 		t.Error("Has is wrong")
+	}
+}
+
+// A mount slid beneath the one on top (MOVE_MOUNT_BENEATH) is listed after
+// it, as this kernel lists them: the top is the one nothing is mounted on.
+func TestTopAtBeneath(t *testing.T) {
+	const table = `22 1 8:1 / / rw - ext4 /dev/sda1 rw
+69 70 0:42 / /mnt rw - fuse.mirrorfs old rw
+70 22 0:43 / /mnt rw - fuse.mirrorfs new rw
+`
+	mounts, err := Parse(strings.NewReader(table))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if top, ok := TopAt(mounts, "/mnt"); !ok || top.ID != 69 {
+		t.Errorf("TopAt = %+v, %v; want the old mount, still on top (id 69)", top, ok)
 	}
 }
 
