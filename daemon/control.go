@@ -54,6 +54,7 @@ type ctlCall struct {
 	conn  uint64
 	peer  int
 	reply chan<- ctlReply
+	sent  <-chan struct{} // closed once the reply is written (or could not be)
 }
 
 // controlSocket is a listening control socket.
@@ -125,10 +126,12 @@ func serveCaller(c *net.UnixConn, peer int, id uint64, calls chan<- ctlCall) {
 			calls <- ctlCall{req: ctlRequest{Op: "bye"}, conn: id, peer: peer}
 			return
 		}
-		reply := make(chan ctlReply, 1)
-		calls <- ctlCall{req: req, conn: id, peer: peer, reply: reply}
+		reply, sent := make(chan ctlReply, 1), make(chan struct{})
+		calls <- ctlCall{req: req, conn: id, peer: peer, reply: reply, sent: sent}
 		c.SetWriteDeadline(time.Now().Add(time.Second))
-		if enc.Encode(<-reply) != nil {
+		err := enc.Encode(<-reply)
+		close(sent)
+		if err != nil {
 			calls <- ctlCall{req: ctlRequest{Op: "bye"}, conn: id, peer: peer}
 			return
 		}

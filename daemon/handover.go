@@ -39,6 +39,12 @@ func (d *daemon) control(c ctlCall) (handedOver bool) {
 	case "detach":
 		r := d.detach(c)
 		c.reply <- r
+		// An idle mount drains at once: the answer must be out before
+		// this daemon may exit.
+		select {
+		case <-c.sent:
+		case <-time.After(2 * time.Second):
+		}
 		return r.Error == ""
 	}
 	c.reply <- ctlReply{Error: fmt.Sprintf("unknown request %q", c.req.Op), Pid: os.Getpid()}
@@ -70,6 +76,12 @@ func (d *daemon) detach(c ctlCall) ctlReply {
 		r.Error = "detach asked without hello"
 		return r
 	}
+	// A caller that died since it asked would leave the mountpoint to its
+	// dead mount: the request may have waited here while it was killed.
+	if !alive(c.peer) {
+		r.Error = fmt.Sprintf("pid %d is gone", c.peer)
+		return r
+	}
 	limit := c.req.DrainTimeout
 	if limit <= 0 {
 		limit = DefaultDrainTimeout
@@ -90,6 +102,17 @@ func (d *daemon) detach(c ctlCall) ctlReply {
 	d.stats = nil
 	d.pidfile.HandOver()
 	return r
+}
+
+// alive says whether process pid runs (a zombie has ended).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
 }
 
 // drain serves what is still open through the detached mount until it

@@ -61,8 +61,13 @@ func tableID(fd int) (int, error) {
 	return int(x.Mnt_id), nil
 }
 
-// newAttachment notes where the mount whose root is open at mnt is attached.
-func newAttachment(mnt int, mountpoint string) (*attachment, error) {
+// newAttachment notes where the mount whose root is open at mnt is
+// attached: on the folder name in the folder open at parent, which it
+// keeps. The parent is not found from the mount (".." of its root): a walk
+// from our own root asks our daemon for the root's attributes (the
+// permission check of the walk), a request to our own mount, which the
+// daemon never makes.
+func newAttachment(mnt, parent int, mountpoint string) (*attachment, error) {
 	id, err := mountIDOf(mnt)
 	if err != nil {
 		return nil, fmt.Errorf("mount id: %w", err)
@@ -71,13 +76,20 @@ func newAttachment(mnt int, mountpoint string) (*attachment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mount id: %w", err)
 	}
-	// ".." of a mount's root is the folder holding its mountpoint, in the
-	// mount below; no FUSE request is made for it.
-	parent, err := unix.Openat(mnt, "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("the folder holding %s: %w", mountpoint, err)
-	}
 	return &attachment{parent: parent, name: filepath.Base(mountpoint), id: id, tableID: tid}, nil
+}
+
+// openParent opens the folder holding the mountpoint, following no
+// symlink.
+func openParent(mountpoint string) (int, error) {
+	fd, err := unix.Openat2(unix.AT_FDCWD, filepath.Dir(mountpoint), &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS,
+	})
+	if err != nil {
+		return -1, fmt.Errorf("the folder holding %s: %w", mountpoint, err)
+	}
+	return fd, nil
 }
 
 // landedAt checks that the mount is the one visible at the path mountpoint.

@@ -67,22 +67,30 @@ func openTop(mountpoint string, want MountID) (fd int, rootmode uint32, err erro
 // there, and ends as a dead mount once this process exits; the old
 // daemon detaches it when it stops (daemon: clearBelow).
 func slideUnder(mnt, top int, mountpoint string) (*attachment, error) {
-	err := unix.MoveMount(mnt, "", top, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH|moveMountBeneath)
-	if errors.Is(err, unix.EINVAL) {
-		return nil, fmt.Errorf("move_mount beneath %s: %w: %w", mountpoint, ErrNoBeneath, err)
-	}
+	parent, err := openParent(mountpoint)
 	if err != nil {
-		return nil, fmt.Errorf("move_mount beneath %s: %w", mountpoint, err)
+		return nil, err
 	}
-	return newAttachment(mnt, mountpoint)
+	err = unix.MoveMount(mnt, "", top, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH|moveMountBeneath)
+	if errors.Is(err, unix.EINVAL) {
+		err = fmt.Errorf("%w: %w", ErrNoBeneath, err)
+	}
+	if err == nil {
+		var a *attachment
+		if a, err = newAttachment(mnt, parent, mountpoint); err == nil {
+			return a, nil
+		}
+	}
+	unix.Close(parent)
+	return nil, fmt.Errorf("move_mount beneath %s: %w", mountpoint, err)
 }
 
 // Surface finishes a mount made beneath another (Options.Beneath) once
 // that one has left: it checks that the mirror is the mount on top at its
 // mountpoint now, and notes its line in the mount table.
 func (m *Mirror) Surface() error {
-	if err := m.at.isOurs(); err != nil {
-		return fmt.Errorf("mountpoint %s: ours is not the mount on top: %w", m.mountpoint, err)
+	if err := m.at.landedAt(m.mountpoint); err != nil {
+		return fmt.Errorf("mountpoint %s: ours is not the mount on top there: %w", m.mountpoint, err)
 	}
 	e, err := m.findEntry()
 	if err != nil {

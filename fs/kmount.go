@@ -168,20 +168,23 @@ func procFd(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 // since it was opened. Once attached, the mount's folder cannot be renamed
 // or removed. On failure nothing stays mounted.
 func attach(mnt, dir int, mountpoint string) (*attachment, error) {
-	err := unix.MoveMount(mnt, "", dir, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+	parent, err := openParent(mountpoint)
 	if err != nil {
+		return nil, err
+	}
+	err = unix.MoveMount(mnt, "", dir, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+	if err != nil {
+		unix.Close(parent)
 		return nil, fmt.Errorf("move_mount to %s: %w", mountpoint, err)
 	}
-	a, err := newAttachment(mnt, mountpoint)
+	a, err := newAttachment(mnt, parent, mountpoint)
 	if err == nil {
 		err = a.landedAt(mountpoint)
 	}
 	if err != nil {
 		// The descriptor is the mount itself: this detaches ours, and only ours.
 		unix.Unmount(procFd(mnt), unix.MNT_DETACH)
-		if a != nil {
-			unix.Close(a.parent)
-		}
+		unix.Close(parent)
 		return nil, err
 	}
 	return a, nil
