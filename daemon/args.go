@@ -38,6 +38,10 @@ type Config struct {
 	ReadyTimeout   time.Duration
 	UnmountTimeout time.Duration
 
+	Takeover          bool          // --takeover: replace the daemon serving the mountpoint (takeover.go)
+	AllowInterruption bool          // --allow-interruption: stop, then start, where a takeover cannot be seamless
+	DrainTimeout      time.Duration // --drain-timeout: how long a daemon taken over serves what was open
+
 	Help, Version, Man bool
 	DetachDead         string // --detach-dead MNT: detach a dead mirrorfs mount at MNT and exit
 }
@@ -64,6 +68,7 @@ var valueOptions = map[string]func(*Config, string) error{
 	"--check-config":    func(c *Config, v string) error { c.CheckConfig = v; return nil },
 	"--ready-timeout":   durationSetter("--ready-timeout", func(c *Config) *time.Duration { return &c.ReadyTimeout }),
 	"--unmount-timeout": durationSetter("--unmount-timeout", func(c *Config) *time.Duration { return &c.UnmountTimeout }),
+	"--drain-timeout":   durationSetter("--drain-timeout", func(c *Config) *time.Duration { return &c.DrainTimeout }),
 	"--log-level":       (*Config).setLogLevel,
 	"--detach-dead":     func(c *Config, v string) error { c.DetachDead = v; return nil },
 }
@@ -73,7 +78,9 @@ var flagOptions = map[string]func(*Config){
 	"-d": func(c *Config) { c.Debug = true },
 	"-h": func(c *Config) { c.Help = true }, "--help": func(c *Config) { c.Help = true },
 	"-V": func(c *Config) { c.Version = true }, "--version": func(c *Config) { c.Version = true },
-	"--man": func(c *Config) { c.Man = true },
+	"--man":                func(c *Config) { c.Man = true },
+	"--takeover":           func(c *Config) { c.Takeover = true },
+	"--allow-interruption": func(c *Config) { c.AllowInterruption = true },
 }
 
 // logLevels are the levels --log-level takes: the policy file's names.
@@ -102,15 +109,20 @@ func durationSetter(name string, field func(*Config) *time.Duration) func(*Confi
 }
 
 // Defaults of the command line's timeouts; --help shows these values.
+// A drain lasts at most an hour by default: longer than ordinary
+// open-use-close work (a large copy, a build), so that a takeover goes
+// unnoticed, and bounded, so that the old binary and its policy stop
+// serving within a known time; the log names what was still open.
 const (
 	DefaultReadyTimeout   = 30 * time.Second
 	DefaultUnmountTimeout = 10 * time.Second
+	DefaultDrainTimeout   = time.Hour
 )
 
 // ParseArgs parses the arguments after the program name. Options may come
 // before, between or after the two positionals, as mount.fuse3 passes them.
 func ParseArgs(args []string) (*Config, error) {
-	c := &Config{ReadyTimeout: DefaultReadyTimeout, UnmountTimeout: DefaultUnmountTimeout}
+	c := &Config{ReadyTimeout: DefaultReadyTimeout, UnmountTimeout: DefaultUnmountTimeout, DrainTimeout: DefaultDrainTimeout}
 	var positionals []string
 	for i := 0; i < len(args); i++ {
 		arg := args[i]
@@ -136,6 +148,9 @@ func ParseArgs(args []string) (*Config, error) {
 	}
 	c.Source, c.Mountpoint = positionals[0], positionals[1]
 	c.dropHelperDefaults(args)
+	if c.AllowInterruption && !c.Takeover {
+		return nil, usagef("--allow-interruption goes with --takeover")
+	}
 	return c, c.checkAccessOptions()
 }
 

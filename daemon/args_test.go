@@ -36,6 +36,8 @@ func TestParseArgs(t *testing.T) {
 			Config{Source: "src", Mountpoint: "mnt", KernelFlags: []string{"nosuid", "nodev", "noexec"}}},
 		{"timeouts", []string{"--ready-timeout", "5s", "--unmount-timeout=1m", "src", "mnt"},
 			Config{Source: "src", Mountpoint: "mnt", ReadyTimeout: 5 * time.Second, UnmountTimeout: time.Minute}},
+		{"takeover", []string{"src", "mnt", "--takeover", "--allow-interruption", "--drain-timeout=5m"},
+			Config{Source: "src", Mountpoint: "mnt", Takeover: true, AllowInterruption: true, DrainTimeout: 5 * time.Minute}},
 		{"-- ends options", []string{"--", "-src", "mnt"},
 			Config{Source: "-src", Mountpoint: "mnt"}},
 		{"policy file", []string{"src", "mnt", "--config", "p.toml"},
@@ -55,6 +57,9 @@ func TestParseArgs(t *testing.T) {
 			want := tt.want
 			if want.ReadyTimeout == 0 {
 				want.ReadyTimeout = 30 * time.Second
+			}
+			if want.DrainTimeout == 0 {
+				want.DrainTimeout = DefaultDrainTimeout
 			}
 			if want.UnmountTimeout == 0 {
 				want.UnmountTimeout = 10 * time.Second
@@ -83,6 +88,8 @@ func TestParseArgsErrors(t *testing.T) {
 		{[]string{"a", "b", "-o", "config="}, `unknown mount option "config="`},
 		{[]string{"--ready-timeout", "soon", "a", "b"}, `--ready-timeout: "soon" is not a positive duration (e.g. 30s)`},
 		{[]string{"--unmount-timeout=-1s", "a", "b"}, `--unmount-timeout: "-1s" is not a positive duration (e.g. 30s)`},
+		{[]string{"--drain-timeout", "soon", "a", "b"}, `--drain-timeout: "soon" is not a positive duration (e.g. 30s)`},
+		{[]string{"--allow-interruption", "a", "b"}, `--allow-interruption goes with --takeover`},
 	}
 	for _, tt := range tests {
 		_, err := ParseArgs(tt.args)

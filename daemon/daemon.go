@@ -37,6 +37,7 @@ func usage() string {
 	return strings.NewReplacer(
 		"{{ready}}", DefaultReadyTimeout.String(),
 		"{{unmount}}", DefaultUnmountTimeout.String(),
+		"{{drain}}", DefaultDrainTimeout.String(),
 	).Replace(usageText)
 }
 
@@ -112,6 +113,15 @@ type daemon struct {
 	state   State
 	health  health
 	stats   *statsWriter // publishes the statistics (stats.go)
+
+	// A takeover (takeover.go, handover.go).
+	ctl          *controlSocket // nil: none (a user's daemon, or none yet)
+	calls        chan ctlCall   // requests on the control socket
+	taker        uint64         // the caller a takeover is under way with, 0: none
+	predecessor  int            // the daemon this one took over from, 0: none
+	successor    int            // the daemon this one handed over to, 0: none
+	drainTimeout time.Duration
+	drainRec     *drainRecord
 }
 
 func newDaemon(cfg *Config, env Env, args []string) *daemon {
@@ -126,6 +136,7 @@ func newDaemon(cfg *Config, env Env, args []string) *daemon {
 		// Notify drops a signal when its channel is full: on a shared
 		// channel a storm of SIGHUPs could crowd out the SIGTERM after it.
 		stops: make(chan os.Signal, 1), hups: make(chan os.Signal, 1),
+		calls: make(chan ctlCall),
 	}
 }
 
@@ -142,6 +153,9 @@ func (d *daemon) run(logToFile, detached bool, rep *reporter) int {
 	}
 	d.ready(rep)
 	err := d.serve()
+	if d.successor != 0 {
+		d.drain()
+	}
 	d.exit("stopped", err)
 	return exitCode(err)
 }
@@ -154,12 +168,18 @@ func (d *daemon) ready(rep *reporter) {
 	d.startProfile()
 	d.state = State{Pid: os.Getpid(), Source: cfg.Source, Mountpoint: cfg.Mountpoint, Config: cfg.ConfigFile, Started: time.Now().UTC()}
 	d.writeState()
+	d.listenControl()
 	// Both kinds of read-only: the kernel mount's (-o ro) and the policy's
 	// read_only; either refuses writes, and a line naming one alone misleads.
 	d.log.Info("ready", "source", cfg.Source, "mountpoint", cfg.Mountpoint, "passthrough", d.mirror.Passthrough(),
 		"watch", d.mirror.Watch(), "mount", mountMode(cfg), "policy", describe(d.policy))
-	rep.ready(fmt.Sprintf("mirrorfs: mounted %s at %s (pid %d, log %s, mount %s, policy read_only=%v, passthrough %s)",
-		cfg.Source, cfg.Mountpoint, os.Getpid(), d.logName(), mountMode(cfg), d.policy.ReadOnly, d.mirror.Passthrough()))
+	what := "mounted"
+	if d.predecessor != 0 {
+		what = "took over"
+		d.log.Info("took over", "from", d.predecessor)
+	}
+	rep.ready(fmt.Sprintf("mirrorfs: %s %s at %s%s (pid %d, log %s, mount %s, policy read_only=%v, passthrough %s)",
+		what, cfg.Source, cfg.Mountpoint, d.fromWhom(), os.Getpid(), d.logName(), mountMode(cfg), d.policy.ReadOnly, d.mirror.Passthrough()))
 	sd.SdNotify(false, sd.SdNotifyReady)
 }
 
@@ -168,7 +188,10 @@ func (d *daemon) ready(rep *reporter) {
 func (d *daemon) exit(why string, err error) {
 	sd.SdNotify(false, sd.SdNotifyStopping)
 	d.stats.close()
-	if d.pidfile != nil {
+	d.ctl.close(true)
+	d.drainRec.remove()
+	// A daemon that handed over leaves the files to its successor.
+	if d.pidfile != nil && d.successor == 0 {
 		os.Remove(StatePath(d.pidfile.Path()))
 		d.pidfile.Release()
 	}
@@ -188,6 +211,28 @@ func mountMode(cfg *Config) string {
 		return "ro"
 	}
 	return "rw"
+}
+
+// fromWhom is " from pid N" after a takeover.
+func (d *daemon) fromWhom() string {
+	if d.predecessor == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" from pid %d", d.predecessor)
+}
+
+// listenControl opens the control socket a takeover asks on; only root
+// takes over (takeover.go).
+func (d *daemon) listenControl() {
+	if os.Geteuid() != 0 {
+		return
+	}
+	ctl, err := listenControl(d.pidfile.Dir(), d.cfg.Pidfile, d.calls, d.log)
+	if err != nil {
+		d.log.Warn("no takeover possible", "err", err)
+		return
+	}
+	d.ctl = ctl
 }
 
 func (d *daemon) logName() string {

@@ -58,15 +58,16 @@ func (p procs) around(mount func() error) error {
 	return mount()
 }
 
-// mount mounts the mirror described by cfg.
-func (d *daemon) mount(cfg *Config, pol *policy.Policy, log *slog.Logger) (*fs.Mirror, error) {
+// mount mounts the mirror described by cfg; beneath the mount under, for
+// a takeover.
+func (d *daemon) mount(cfg *Config, pol *policy.Policy, log *slog.Logger, under *fs.MountID) (*fs.Mirror, error) {
 	var m *fs.Mirror
 	said, err := captureHelper(func() (err error) {
 		return d.procs.around(func() (err error) {
 			m, err = fs.Mount(cfg.Mountpoint, fs.Options{
 				Source: cfg.Source, FsName: cfg.FsName, ReadOnly: cfg.ReadOnly, AllowOther: cfg.AllowOther,
 				NoPassthrough: cfg.NoPassthrough, Debug: cfg.Debug, KernelFlags: cfg.KernelFlags,
-				Policy: pol, Log: log, Watch: cfg.Watch, IDs: cfg.IDs,
+				Policy: pol, Log: log, Watch: cfg.Watch, IDs: cfg.IDs, Beneath: under,
 			})
 			return err
 		})
@@ -83,7 +84,11 @@ func (d *daemon) mount(cfg *Config, pol *policy.Policy, log *slog.Logger) (*fs.M
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		log.Warn("close_range CLOEXEC", "err", err)
 	}
-	log.Info("mounted", "mountpoint", cfg.Mountpoint, "mount_id", m.Entry().ID, "gomaxprocs", runtime.GOMAXPROCS(0))
+	if under != nil {
+		log.Info("mounted beneath the old mount", "mountpoint", cfg.Mountpoint, "gomaxprocs", runtime.GOMAXPROCS(0))
+	} else {
+		log.Info("mounted", "mountpoint", cfg.Mountpoint, "mount_id", m.Entry().ID, "gomaxprocs", runtime.GOMAXPROCS(0))
+	}
 	return m, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -144,4 +145,42 @@ func readPid(dir *os.File, path string) string {
 		return strconv.Itoa(pid)
 	}
 	return "unknown"
+}
+
+// HandOver lets go of the lock without removing the files, which the
+// daemon that takes over keeps (takeover.go): it takes the lock as soon as
+// this one drops it, and rewrites the pid.
+func (p *Pidfile) HandOver() {
+	p.once.Do(func() {
+		p.lock.Close()
+		p.dir.Close()
+	})
+}
+
+// Dir is the pidfile's folder, checked and open (O_PATH).
+func (p *Pidfile) Dir() *os.File { return p.dir }
+
+// acquireWithin acquires the pidfile, trying again while another daemon
+// holds it, up to limit: the daemon taken over drops the lock just before
+// it answers, and a start that lost a race lets go of it at once.
+func acquireWithin(path string, limit time.Duration) (*Pidfile, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		p, err := AcquirePidfile(path)
+		if !errors.Is(err, ErrAlreadyRunning) || time.Now().After(deadline) {
+			return p, err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// holderPid is the pid recorded in the pidfile, 0 if there is none.
+func holderPid(path string) int {
+	dir, err := openOwnDir(filepath.Dir(path))
+	if err != nil {
+		return 0
+	}
+	defer dir.Close()
+	pid, _ := strconv.Atoi(readPid(dir, path))
+	return pid
 }

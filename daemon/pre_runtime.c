@@ -66,8 +66,10 @@ const char *mfs_orig_cwd(void) { return orig_cwd; }
 /* Options that take a value in the next argument (or after '='). */
 static const char *const value_opts[] = {
 	"-o", "--pidfile", "--log", "--ready-timeout", "--unmount-timeout", "--config", "--log-level",
-	NULL,
+	"--drain-timeout", NULL,
 };
+/* Options that take no value and leave the start in the background. */
+static const char *const flag_opts[] = {"--takeover", "--allow-interruption", NULL};
 /* Options that keep the process in the foreground. */
 static const char *const stay_opts[] = {
 	"-f", "--foreground", "-d", "-h", "--help", "-V", "--version", "--check-config", NULL,
@@ -136,6 +138,8 @@ int mfs_gate(int argc, char *const argv[], const char *notify_socket)
 		}
 		if (in_list(stay_opts, arg))
 			return MFS_GATE_STAY;
+		if (in_list(flag_opts, arg) && strchr(arg, '=') == NULL)
+			continue;
 		if (!in_list(value_opts, arg))
 			return MFS_GATE_STAY; /* unknown option: Go reports it */
 		const char *value = attached_value(arg);

@@ -45,13 +45,7 @@ func (d *daemon) reload() {
 	d.log.Info("signal", "signal", "hangup")
 	notifyReloading()
 	defer sd.SdNotify(false, sd.SdNotifyReady)
-	if d.logFile != nil {
-		if err := d.logFile.Reopen(); err != nil {
-			d.log.Error("reopen log", "err", err)
-		} else {
-			d.log.Info("log reopened", "path", d.logFile.path)
-		}
-	}
+	d.reopenLog()
 	if d.cfg.ConfigFile == "" {
 		d.recordReload(nil, "no policy file (--config) to reload")
 		return
@@ -68,6 +62,18 @@ func (d *daemon) reload() {
 	msg := describe(p)
 	d.log.Info("reloaded", "config", d.cfg.ConfigFile, "policy", msg)
 	d.recordReload(nil, msg)
+}
+
+// reopenLog reopens the log file, so that logrotate needs no copytruncate.
+func (d *daemon) reopenLog() {
+	if d.logFile == nil {
+		return
+	}
+	if err := d.logFile.Reopen(); err != nil {
+		d.log.Error("reopen log", "err", err)
+	} else {
+		d.log.Info("log reopened", "path", d.logFile.path)
+	}
 }
 
 // notifyReloading tells systemd a reload began, with the monotonic time it

@@ -67,6 +67,10 @@ func (d *daemon) serveSession() (aborted bool, err error) {
 			return false, nil
 		case <-tick.C:
 			d.health.check(d.mirror, d.log)
+		case c := <-d.calls:
+			if d.control(c) {
+				return false, nil
+			}
 		}
 	}
 }
@@ -75,6 +79,27 @@ func (d *daemon) serveSession() (aborted bool, err error) {
 func (d *daemon) stop(sig string) {
 	d.log.Info("signal", "signal", sig)
 	d.mirror.Stop(d.cfg.UnmountTimeout)
+	d.clearBelow()
+}
+
+// clearBelow detaches the dead mirrorfs mounts that our unmount revealed:
+// a takeover that failed after it slid its mount beneath ours leaves one,
+// which dies with its daemon (fs/beneath.go). The lock is still ours.
+func (d *daemon) clearBelow() {
+	for range 8 {
+		table, err := mounts.Read()
+		if err != nil {
+			return
+		}
+		top, ok := mounts.TopAt(table, d.cfg.Mountpoint)
+		if !ok || top.FSType != fs.FSType {
+			return
+		}
+		if err := recoverStale(top, d.cfg.Pidfile, d.log); err != nil {
+			d.log.Warn("a mirrorfs mount below ours stays", "err", err)
+			return
+		}
+	}
 }
 
 // waitDone waits, bounded, for the session of a mount unmounted from
@@ -149,7 +174,7 @@ func (d *daemon) mountWhileListening() (*fs.Mirror, bool, error) {
 		err := clearMountpoint(&cfg, d.log)
 		var m *fs.Mirror
 		if err == nil {
-			m, err = d.mount(&cfg, pol, d.log)
+			m, err = d.mount(&cfg, pol, d.log, nil)
 		}
 		done <- result{m, err}
 	}()

@@ -29,9 +29,10 @@ type opened struct {
 
 // mounted is what a finished start hands over.
 type mounted struct {
-	cfg    Config // with SOURCE and MOUNTPOINT resolved
-	policy *policy.Policy
-	mirror *fs.Mirror
+	cfg         Config // with SOURCE and MOUNTPOINT resolved
+	policy      *policy.Policy
+	mirror      *fs.Mirror
+	predecessor int // the daemon taken over, 0: none
 }
 
 // start runs the start's steps on a goroutine of their own (a check may
@@ -42,7 +43,8 @@ type mounted struct {
 // it and then unmounts. A SIGHUP is kept for when the mirror is served.
 func (d *daemon) start(logToFile, detached bool) error {
 	steps := make(chan step) // unbuffered: the mount begins only once we know it does
-	go d.startSteps(*d.cfg, logToFile, detached, steps)
+	stopping := make(chan struct{})
+	go d.startSteps(*d.cfg, logToFile, detached, stopping, steps)
 	var stop os.Signal
 	mounting := false
 	for {
@@ -51,6 +53,9 @@ func (d *daemon) start(logToFile, detached bool) error {
 			d.hup = true
 		case sig := <-d.stops:
 			d.log.Info("signal", "signal", sig.String())
+			if stop == nil {
+				close(stopping)
+			}
 			if stop = sig; !mounting {
 				return fmt.Errorf("stopped by %v before it was ready", sig)
 			}
@@ -77,6 +82,7 @@ func (d *daemon) take(s step, stop os.Signal) (done bool, err error) {
 		return true, s.err
 	case s.mounted != nil:
 		*d.cfg, d.policy, d.mirror = s.mounted.cfg, s.mounted.policy, s.mounted.mirror
+		d.predecessor = s.mounted.predecessor
 		if stop != nil {
 			d.mirror.Stop(d.cfg.UnmountTimeout)
 			return true, fmt.Errorf("stopped by %v before it was ready", stop)
@@ -87,10 +93,12 @@ func (d *daemon) take(s step, stop os.Signal) (done bool, err error) {
 }
 
 // startSteps validates, opens the log, loads the policy, takes the
-// pidfile, clears a stale mount and mounts, telling out each step. It
-// works on its own copy of the configuration and touches no field of d
-// but the ones that do not change (env, procs, level, args).
-func (d *daemon) startSteps(cfg Config, logToFile, detached bool, out chan<- step) {
+// pidfile, clears a stale mount and mounts, telling out each step; or,
+// with --takeover and a daemon running, takes over from it. It works on
+// its own copy of the configuration and touches no field of d but the
+// ones that do not change (env, procs, level, args). stopping is closed
+// once a stop signal came.
+func (d *daemon) startSteps(cfg Config, logToFile, detached bool, stopping <-chan struct{}, out chan<- step) {
 	log, file, held, err := d.openLog(&cfg, logToFile, detached)
 	if err != nil {
 		out <- step{err: err}
@@ -114,18 +122,28 @@ func (d *daemon) startSteps(cfg Config, logToFile, detached bool, out chan<- ste
 		}
 	}
 	pidfile, err := AcquirePidfile(cfg.Pidfile)
+	if cfg.Takeover && errors.Is(err, ErrAlreadyRunning) {
+		held.release(true)
+		d.takeOver(cfg, pol, log, stopping, out)
+		return
+	}
 	if err != nil {
 		fail(err)
 		return
 	}
 	held.release(true)
+	d.mountSteps(cfg, pol, log, pidfile, out)
+}
+
+// mountSteps hands over the pidfile, clears a stale mount and mounts.
+func (d *daemon) mountSteps(cfg Config, pol *policy.Policy, log *slog.Logger, pidfile *Pidfile, out chan<- step) {
 	out <- step{pidfile: pidfile}
 	if err := clearMountpoint(&cfg, log); err != nil {
 		out <- step{err: err}
 		return
 	}
 	out <- step{mounting: true}
-	m, err := d.mount(&cfg, pol, log)
+	m, err := d.mount(&cfg, pol, log, nil)
 	if err != nil {
 		out <- step{err: err}
 		return

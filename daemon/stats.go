@@ -37,11 +37,11 @@ func StatsPath(pidfile string) string {
 // statsWriter publishes the current session's counters: a remount makes a
 // new session, with counters of its own, which publishStats hands over.
 type statsWriter struct {
-	path       string
-	mountpoint string
-	log        *slog.Logger
-	cur        atomic.Pointer[fs.Stats]
-	stop, done chan struct{}
+	path        string
+	mountpoint  string
+	log         *slog.Logger
+	cur         atomic.Pointer[fs.Stats]
+	stopc, done chan struct{}
 }
 
 // publishStats starts publishing the mirror's counters, or switches to
@@ -56,7 +56,7 @@ func (d *daemon) publishStats() {
 		return
 	}
 	w := &statsWriter{path: StatsPath(d.cfg.Pidfile), mountpoint: d.cfg.Mountpoint, log: d.log,
-		stop: make(chan struct{}), done: make(chan struct{})}
+		stopc: make(chan struct{}), done: make(chan struct{})}
 	w.cur.Store(s)
 	d.stats = w
 	go w.run()
@@ -67,9 +67,18 @@ func (w *statsWriter) close() {
 	if w == nil {
 		return
 	}
-	close(w.stop)
-	<-w.done
+	w.stop()
 	os.Remove(w.path)
+}
+
+// stop stops publishing, leaving the file as it is: after a takeover it
+// is the new daemon's.
+func (w *statsWriter) stop() {
+	if w == nil {
+		return
+	}
+	close(w.stopc)
+	<-w.done
 }
 
 func (w *statsWriter) run() {
@@ -87,7 +96,7 @@ func (w *statsWriter) run() {
 			}
 		}
 		select {
-		case <-w.stop:
+		case <-w.stopc:
 			return
 		case <-tick.C:
 		}

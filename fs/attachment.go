@@ -25,30 +25,30 @@ type attachment struct {
 	mu      sync.Mutex
 	parent  int    // O_PATH; -1 once we unmounted
 	name    string // the mountpoint's name in parent
-	id      mountID
+	id      MountID
 	tableID int // the id /proc/self/mountinfo shows
 }
 
-// mountID tells mounts apart: the unique id where the kernel has one
+// MountID tells mounts apart: the unique id where the kernel has one
 // (6.8+), else the id /proc/self/mountinfo shows, which is reused.
-type mountID struct {
-	id     uint64
-	unique bool
+type MountID struct {
+	ID     uint64 `json:"id"`
+	Unique bool   `json:"unique"`
 }
 
 // mountIDOf returns the id of the mount the file open at fd is on.
-func mountIDOf(fd int) (mountID, error) {
+func mountIDOf(fd int) (MountID, error) {
 	var x unix.Statx_t
 	if err := statxMount(fd, unix.STATX_MNT_ID_UNIQUE, &x); err != nil {
-		return mountID{}, err
+		return MountID{}, err
 	}
 	if x.Mask&unix.STATX_MNT_ID_UNIQUE != 0 {
-		return mountID{x.Mnt_id, true}, nil
+		return MountID{x.Mnt_id, true}, nil
 	}
 	if err := statxMount(fd, unix.STATX_MNT_ID, &x); err != nil {
-		return mountID{}, err
+		return MountID{}, err
 	}
-	return mountID{x.Mnt_id, false}, nil
+	return MountID{x.Mnt_id, false}, nil
 }
 
 // tableID returns the id /proc/self/mountinfo shows for the mount the file

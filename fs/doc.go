@@ -35,5 +35,6 @@
 //	mount.go        Mount, Mirror, SetPolicy and the go-fuse options
 //	kmount.go       mounting as root through the mount API, on descriptors
 //	attachment.go   where a mount made as root sits, to unmount that very mount
+//	beneath.go      a mount slid beneath the old daemon's, for a takeover
 //	unmount.go      Mirror.Stop: unmount, lazy detach, fusectl abort, bounded waits
 package fs

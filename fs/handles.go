@@ -333,3 +333,33 @@ var _ = (gofs.FileFsyncdirer)((*dir)(nil))
 func (d *dir) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 	return d.ds.Fsyncdir(ctx, flags)
 }
+
+// Held lists what is open through the mirror: the files and folders with
+// an open handle the kernel holds, by path in the mirror (at most limit of
+// them; n counts them all). A file open without a name left is not found.
+func (m *Mirror) Held(limit int) (paths []string, n int) {
+	seen := map[*gofs.Inode]bool{}
+	var walk func(in *gofs.Inode)
+	walk = func(in *gofs.Inode) {
+		if seen[in] {
+			return
+		}
+		seen[in] = true
+		if nd, ok := in.Operations().(*node); ok && nd.holdsHandles() {
+			if n++; len(paths) < limit {
+				paths = append(paths, "/"+in.Path(nil))
+			}
+		}
+		for _, child := range in.Children() {
+			walk(child)
+		}
+	}
+	walk(m.root.EmbeddedInode())
+	return paths, n
+}
+
+func (n *node) holdsHandles() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.handles) > 0
+}

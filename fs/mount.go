@@ -29,6 +29,7 @@ type Options struct {
 	Policy        *policy.Policy // nil: policy.Default
 	Watch         string         // WatchAuto ("" too), WatchFanotify, WatchInotify or WatchOff
 	IDs           IDMap          // the owner, group and mode bits shown (idmap.go)
+	Beneath       *MountID       // slide the mount under this one, on top at the mountpoint (beneath.go)
 	Log           *slog.Logger
 }
 
@@ -86,7 +87,12 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 	opts.MaxWrite = maxWrite
 	raw, stats := withStats(&bridgeInit{&writebacks{&umasks{gofs.NewNodeFS(root, opts), &root.m.umasks}}, b})
 	mount := mountFusermount
-	if os.Geteuid() == 0 {
+	switch {
+	case o.Beneath != nil:
+		mount = func(raw fuse.RawFileSystem, mountpoint string, mo *fuse.MountOptions) (*Mirror, bool, error) {
+			return mountBeneath(raw, mountpoint, mo, *o.Beneath)
+		}
+	case os.Geteuid() == 0:
 		mount = mountKernel
 	}
 	m, ended, err := mount(raw, mountpoint, &opts.MountOptions)
@@ -104,9 +110,11 @@ func Mount(mountpoint string, o Options) (*Mirror, error) {
 	m.done = make(chan struct{})
 	w.start(root) // before serveEnded, which stops it
 	go m.serveEnded()
-	if m.entry, err = m.findEntry(); err != nil {
-		m.Stop(time.Second)
-		return nil, err
+	if o.Beneath == nil {
+		if m.entry, err = m.findEntry(); err != nil {
+			m.Stop(time.Second)
+			return nil, err
+		}
 	}
 	b.probe(o.Source)
 	return m, nil
@@ -160,6 +168,15 @@ func mountKernel(raw fuse.RawFileSystem, mountpoint string, mo *fuse.MountOption
 		return nil, true, err
 	}
 	defer unix.Close(dir)
+	return serveAttached(raw, rootmode, mo, func(mnt int) (*attachment, error) {
+		return attach(mnt, dir, mountpoint)
+	}, mountpoint)
+}
+
+// serveAttached makes a FUSE mount, serves it, and attaches it with
+// attachTo. ended says whether no serve loop runs any more after a failure.
+func serveAttached(raw fuse.RawFileSystem, rootmode uint32, mo *fuse.MountOptions,
+	attachTo func(mnt int) (*attachment, error), mountpoint string) (*Mirror, bool, error) {
 	dev, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, true, fmt.Errorf("/dev/fuse: %w", err)
@@ -187,7 +204,7 @@ func mountKernel(raw fuse.RawFileSystem, mountpoint string, mo *fuse.MountOption
 		return nil, true, err
 	}
 	go srv.Serve()
-	at, err := attach(mnt, dir, mountpoint)
+	at, err := attachTo(mnt)
 	// Closing the last descriptor of a mount that is not attached (any
 	// more) ends it, and with it the session.
 	unix.Close(mnt)

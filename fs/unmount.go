@@ -29,7 +29,7 @@ func (m *Mirror) Stop(timeout time.Duration) {
 		switch {
 		case !done:
 			m.log.Warn("the FUSE session outlives the unmount (is the mount also in another mount namespace?); aborting it")
-			m.abort()
+			m.Abort()
 			return
 		case err == nil:
 			m.log.Info("unmounted", "mountpoint", m.mountpoint)
@@ -51,15 +51,16 @@ func (m *Mirror) Stop(timeout time.Duration) {
 func (m *Mirror) detachThenWait() {
 	if err := m.Detach(); err != nil {
 		m.log.Error("detach", "err", err)
-		m.abort()
+		m.Abort()
 		return
 	}
 	m.log.Info("detached lazily", "mountpoint", m.mountpoint)
 	m.waitDone(detachGrace)
 }
 
-// abort ends the session through fusectl and waits a grace for it to end.
-func (m *Mirror) abort() {
+// Abort ends the session through fusectl and waits a grace for it to end:
+// whatever is still open through the mount fails with ENOTCONN after.
+func (m *Mirror) Abort() {
 	if err := mounts.Abort(m.entry); err != nil {
 		m.log.Error("abort", "err", err)
 	}

@@ -1,0 +1,187 @@
+package daemon
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The old daemon's side of a takeover (takeover.go has the new one's).
+// It answers on its control socket, on the main goroutine, which alone
+// acts on the mount: "hello" names its mount, "detach" detaches it lazily
+// (the new mount, slid beneath, is on top from that instant), drops the
+// pidfile's lock without removing the files, and answers. Then it drains:
+// it serves what was opened through its mount until the last of it is
+// closed (the session ends by itself then), the drain timeout, or a stop
+// signal, which abort what is left (ENOTCONN to its holders).
+
+// heldShown bounds the open files a drain's end names in the log.
+const heldShown = 20
+
+// control answers one call on the control socket; handedOver says the
+// mount was handed over.
+func (d *daemon) control(c ctlCall) (handedOver bool) {
+	switch c.req.Op {
+	case "bye":
+		if d.taker == c.conn {
+			d.taker = 0
+			d.log.Info("takeover abandoned", "by", c.peer)
+		}
+		return false
+	case "hello":
+		c.reply <- d.hello(c)
+		return false
+	case "detach":
+		r := d.detach(c)
+		c.reply <- r
+		return r.Error == ""
+	}
+	c.reply <- ctlReply{Error: fmt.Sprintf("unknown request %q", c.req.Op), Pid: os.Getpid()}
+	return false
+}
+
+// hello names the mount, for the caller to slide its own beneath it.
+func (d *daemon) hello(c ctlCall) ctlReply {
+	r := ctlReply{Pid: os.Getpid()}
+	id, ok := d.mirror.ID()
+	switch {
+	case d.taker != 0 && d.taker != c.conn:
+		r.Error = "another takeover is under way"
+	case c.req.Mountpoint != d.cfg.Mountpoint:
+		r.Error = fmt.Sprintf("this daemon serves %s, not %s", d.cfg.Mountpoint, c.req.Mountpoint)
+	case !ok:
+		r.Error = "this daemon's mount was not made through the mount API"
+	default:
+		d.taker, r.Mount = c.conn, id
+		d.log.Info("takeover asked", "by", c.peer)
+	}
+	return r
+}
+
+// detach leaves the mountpoint to the caller and lets go of the pidfile.
+func (d *daemon) detach(c ctlCall) ctlReply {
+	r := ctlReply{Pid: os.Getpid()}
+	if d.taker != c.conn {
+		r.Error = "detach asked without hello"
+		return r
+	}
+	limit := c.req.DrainTimeout
+	if limit <= 0 {
+		limit = DefaultDrainTimeout
+	}
+	rec, err := newDrainRecord(d.pidfile, d.cfg.Mountpoint, c.peer, limit)
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	if err := d.mirror.Detach(); err != nil {
+		rec.remove()
+		r.Error = err.Error()
+		return r
+	}
+	d.successor, d.drainTimeout, d.drainRec = c.peer, limit, rec
+	d.ctl.close(false)
+	d.stats.stop()
+	d.stats = nil
+	d.pidfile.HandOver()
+	return r
+}
+
+// drain serves what is still open through the detached mount until it
+// is all closed, the drain timeout, or a stop signal.
+func (d *daemon) drain() {
+	d.log = d.log.With("draining", os.Getpid())
+	d.log.Info("handed over", "successor", d.successor, "drain_timeout", d.drainTimeout.String())
+	timer := time.NewTimer(d.drainTimeout)
+	defer timer.Stop()
+	for {
+		select {
+		case <-d.mirror.Done():
+			d.log.Info("drained")
+			return
+		case <-timer.C:
+			d.endDrain("drain timeout; aborting")
+			return
+		case sig := <-d.stops:
+			d.endDrain("signal " + sig.String() + "; aborting")
+			return
+		case <-d.hups:
+			d.reopenLog()
+		}
+	}
+}
+
+// endDrain logs what is still open, then aborts the session.
+func (d *daemon) endDrain(why string) {
+	paths, n := d.mirror.Held(heldShown)
+	d.log.Warn(why, "held", n, "open", strings.Join(paths, " "))
+	d.mirror.Abort()
+}
+
+// drainRecord is NAME.draining.PID beside the pidfile, for operators and
+// mirrorfs-ctl: the draining daemon's pid on its first line (for kill),
+// then what it drains, as JSON. The daemon holds a flock on it while it
+// lives, as the serving one holds NAME.lock.
+type drainRecord struct {
+	dir  *os.File
+	name string
+	f    *os.File
+}
+
+// Draining is what a drain record says after its first line.
+type Draining struct {
+	Pid        int       `json:"pid"`
+	Mountpoint string    `json:"mountpoint"`
+	Since      time.Time `json:"since"`
+	Deadline   time.Time `json:"deadline"`
+	Successor  int       `json:"successor"`
+}
+
+// DrainPath is the drain record of the daemon pid that held pidfile.
+func DrainPath(pidfile string, pid int) string {
+	return fmt.Sprintf("%s.draining.%d", strings.TrimSuffix(pidfile, ".pid"), pid)
+}
+
+func newDrainRecord(p *Pidfile, mountpoint string, successor int, limit time.Duration) (*drainRecord, error) {
+	dir, err := dupFile(p.Dir())
+	if err != nil {
+		return nil, fmt.Errorf("drain record: %w", err)
+	}
+	name := filepath.Base(DrainPath(p.Path(), os.Getpid()))
+	f, err := openOwnFile(dir, name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644, 0o644)
+	if err == nil {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	}
+	if err == nil {
+		now := time.Now().UTC()
+		var b []byte
+		b, err = json.MarshalIndent(Draining{Pid: os.Getpid(), Mountpoint: mountpoint, Since: now,
+			Deadline: now.Add(limit), Successor: successor}, "", "  ")
+		if err == nil {
+			_, err = fmt.Fprintf(f, "%d\n%s\n", os.Getpid(), b)
+		}
+	}
+	rec := &drainRecord{dir: dir, name: name, f: f}
+	if err != nil {
+		rec.remove()
+		return nil, fmt.Errorf("drain record %s: %w", name, err)
+	}
+	return rec, nil
+}
+
+// remove removes the record, then drops its lock.
+func (r *drainRecord) remove() {
+	if r == nil {
+		return
+	}
+	unix.Unlinkat(int(r.dir.Fd()), r.name, 0)
+	if r.f != nil {
+		r.f.Close()
+	}
+	r.dir.Close()
+}

@@ -1,0 +1,101 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// A takeover (daemon/takeover.go) mounts the new mirror beneath the old
+// one: move_mount(2) with MOVE_MOUNT_BENEATH (Linux 6.5) slides a mount
+// under the one on top of a mountpoint, and once the old daemon detaches
+// its mount, the new one is on top, with no moment at which the
+// mountpoint is empty. Files open through the old mount, and working
+// folders in it, stay with the old mount and its daemon.
+
+// moveMountBeneath is MOVE_MOUNT_BENEATH, which x/sys does not name yet.
+const moveMountBeneath = 0x200
+
+// ErrNoBeneath means the kernel cannot slide a mount beneath another
+// (before Linux 6.5).
+var ErrNoBeneath = errors.New("the kernel cannot mount beneath a mount (MOVE_MOUNT_BENEATH needs Linux 6.5)")
+
+// mountBeneath mounts as mountKernel does, beneath the mount under, which
+// must be the one on top at mountpoint.
+func mountBeneath(raw fuse.RawFileSystem, mountpoint string, mo *fuse.MountOptions, under MountID) (*Mirror, bool, error) {
+	top, rootmode, err := openTop(mountpoint, under)
+	if err != nil {
+		return nil, true, err
+	}
+	defer unix.Close(top)
+	return serveAttached(raw, rootmode, mo, func(mnt int) (*attachment, error) {
+		return slideUnder(mnt, top, mountpoint)
+	}, mountpoint)
+}
+
+// openTop opens the root of the mount on top at mountpoint, following no
+// symlink, and checks that it is the mount want.
+func openTop(mountpoint string, want MountID) (fd int, rootmode uint32, err error) {
+	fd, err = unix.Openat2(unix.AT_FDCWD, mountpoint, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS,
+	})
+	if err != nil {
+		return -1, 0, fmt.Errorf("mountpoint %s: %w", mountpoint, err)
+	}
+	var x unix.Statx_t
+	if err := statxMount(fd, unix.STATX_TYPE|unix.STATX_MODE, &x); err != nil {
+		unix.Close(fd)
+		return -1, 0, fmt.Errorf("mountpoint %s: %w", mountpoint, err)
+	}
+	id, err := mountIDOf(fd)
+	if err == nil && (x.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 || id != want) {
+		err = fmt.Errorf("the old daemon's mount (id %d) is not the one on top (id %d)", want.ID, id.ID)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, 0, fmt.Errorf("mountpoint %s: %w", mountpoint, err)
+	}
+	return fd, uint32(x.Mode) & unix.S_IFMT, nil
+}
+
+// slideUnder moves the unattached mount mnt beneath the mount whose root
+// is open at top. Once slid under, a mount can be neither unmounted nor
+// moved without the one on top of it: on a failure after that, it stays
+// there, and ends as a dead mount once this process exits; the old
+// daemon detaches it when it stops (daemon: clearBelow).
+func slideUnder(mnt, top int, mountpoint string) (*attachment, error) {
+	err := unix.MoveMount(mnt, "", top, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH|moveMountBeneath)
+	if errors.Is(err, unix.EINVAL) {
+		return nil, fmt.Errorf("move_mount beneath %s: %w: %w", mountpoint, ErrNoBeneath, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("move_mount beneath %s: %w", mountpoint, err)
+	}
+	return newAttachment(mnt, mountpoint)
+}
+
+// Surface finishes a mount made beneath another (Options.Beneath) once
+// that one has left: it checks that the mirror is the mount on top at its
+// mountpoint now, and notes its line in the mount table.
+func (m *Mirror) Surface() error {
+	if err := m.at.isOurs(); err != nil {
+		return fmt.Errorf("mountpoint %s: ours is not the mount on top: %w", m.mountpoint, err)
+	}
+	e, err := m.findEntry()
+	if err != nil {
+		return err
+	}
+	m.entry = e
+	return nil
+}
+
+// ID is the mirror's mount id, as a takeover checks it.
+func (m *Mirror) ID() (MountID, bool) {
+	if m.at == nil {
+		return MountID{}, false
+	}
+	return m.at.id, true
+}
