@@ -288,7 +288,7 @@ func (tt *takeoverTorture) brokenPolicy() {
 	old, id := e.pid(), topID(e)
 	bad := e.writePolicy("read_only = true\nfrobnicate = 1\n")
 	r := tt.run(tt.bins[tt.rnd.Intn(2)], "--takeover", "--config", bad)
-	if r.code != 1 || !strings.HasPrefix(r.stderr, "mirrorfs: takeover of "+e.mnt+": ") {
+	if r.code != 1 || !strings.HasPrefix(r.stderr, "mirrorfs: ") || !strings.Contains(r.stderr, "frobnicate") {
 		t.Errorf("takeover with a broken policy: exit %d, %q", r.code, r.stderr)
 	}
 	if e.pid() != old || topID(e) != id || answers(e.mnt) != nil {
