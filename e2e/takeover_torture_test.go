@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"mirrorfs/e2e/workload"
 	"mirrorfs/fs"
 	"mirrorfs/mounts"
@@ -37,7 +39,7 @@ import (
 func TestTortureTakeover(t *testing.T) {
 	tt := &takeoverTorture{t: t, e: newEnv(t), seed: time.Now().UnixNano(), bins: []string{bin, secondBinary(t)}}
 	tt.rnd = rand.New(rand.NewSource(tt.seed))
-	rounds := max(tortureRounds(), 6)
+	rounds := max(tortureRounds(), 9) // each fault at least once
 	if n, err := strconv.Atoi(os.Getenv("MIRRORFS_TAKEOVER_ROUNDS")); err == nil && n > 0 {
 		rounds = n
 	}
@@ -71,8 +73,8 @@ func TestTortureTakeover(t *testing.T) {
 		percentile(tt.ready, 50), percentile(tt.ready, 99), percentile(tt.ready, 100))
 	t.Logf("torture: kill -9 of the new daemon before ready: %d before the switch (old served on), %d after (dead mount, a plain start recovered it), %d missed (ready first)",
 		tt.killedBefore, tt.killedAfter, tt.missed)
-	t.Logf("torture: kill -9 of a draining daemon: %d (its held file ENOTCONN, the new mount untouched); broken policy: %d refused, old served on",
-		tt.killedOld, tt.refused)
+	t.Logf("torture: kill -9 of a draining daemon: %d (its held file ENOTCONN, the new mount untouched; %d stale draining records left); broken policy: %d refused, old served on",
+		tt.killedOld, tt.stale, tt.refused)
 	t.Logf("torture: workload: %s; %d failures inside the fault windows", r.Summary(), r.FailedTotal())
 }
 
@@ -117,6 +119,24 @@ type takeoverTorture struct {
 	served  []int // every daemon that served, in order
 
 	killedBefore, killedAfter, missed, killedOld, refused int
+	stale                                                 int // draining records left by killed daemons
+}
+
+// liveDraining are the draining records whose daemon lives (holds their
+// flock).
+func liveDraining(e *env) map[int]string {
+	live := map[int]string{}
+	for pid, name := range draining(e) {
+		f, err := os.Open(name)
+		if err != nil {
+			continue
+		}
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+			live[pid] = name
+		}
+		f.Close()
+	}
+	return live
 }
 
 // run runs binary with e's pidfile and log and extra, within a minute.
@@ -272,8 +292,8 @@ func (tt *takeoverTorture) killOld() {
 	tt.killed = append(tt.killed, old)
 	e.killWithin(old, waitLimit)
 	tt.windows = append(tt.windows, workload.Window{From: struck, To: time.Now().Add(time.Second)})
-	if _, err := f.WriteString("x"); !errors.Is(err, syscall.ENOTCONN) {
-		t.Errorf("a file held through a draining daemon killed: %v, want ENOTCONN", err)
+	if err := f.Sync(); !errors.Is(err, syscall.ENOTCONN) { // (with passthrough, writes may go on)
+		t.Errorf("fsync of a file held through a draining daemon killed: %v, want ENOTCONN", err)
 	}
 	if e.pid() != pid || topID(e) != id || answers(e.mnt) != nil {
 		t.Errorf("the new mount was touched by kill -9 of the draining one: pidfile %d (want %d), mount id %d (want %d), %v", e.pid(), pid, topID(e), id, answers(e.mnt))
@@ -359,7 +379,15 @@ func (tt *takeoverTorture) end() {
 			t.Errorf("daemon %d exited with %d, want 0 once drained", pid, code)
 		}
 	}
-	eventually(t, "no draining file left", func() bool { return len(draining(e)) == 0 })
+	// A daemon killed with SIGKILL cannot remove its record; its flock is
+	// gone with it, which is how a live one is told from a stale one.
+	eventually(t, "no draining daemon left", func() bool { return len(liveDraining(e)) == 0 })
+	for pid := range draining(e) {
+		if !slices.Contains(tt.killed, pid) {
+			t.Errorf("a draining record of daemon %d, which was not killed, outlived it", pid)
+		}
+	}
+	tt.stale = len(draining(e))
 	e.stopWithin(last, 10*time.Second)
 }
 

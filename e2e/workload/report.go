@@ -130,13 +130,13 @@ func (r Report) LongestDuring(from, to time.Time) Event {
 // Window is a stretch of time in which failures are expected.
 type Window struct{ From, To time.Time }
 
-// FailuresOutside are the recorded failures that began in none of ws,
-// in time order.
+// FailuresOutside are the recorded failures that were under way in none
+// of ws, in time order.
 func (r Report) FailuresOutside(ws []Window) []Event {
 	var out []Event
 	for _, p := range r.Procs {
 		for _, e := range p.Failures {
-			if !inAny(e.Time(), ws) {
+			if !inAny(e, ws) {
 				out = append(out, e)
 			}
 		}
@@ -145,9 +145,9 @@ func (r Report) FailuresOutside(ws []Window) []Event {
 	return out
 }
 
-func inAny(t time.Time, ws []Window) bool {
+func inAny(e Event, ws []Window) bool {
 	for _, w := range ws {
-		if !t.Before(w.From) && !t.After(w.To) {
+		if !e.End().Before(w.From) && !e.Time().After(w.To) {
 			return true
 		}
 	}
