@@ -88,6 +88,10 @@ bench: build ## mirrorfs side by side with the plain folder and bindfs (installs
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio bindfs >/dev/null; }
 	$(GO) run ./bench -rounds $(BENCH_ROUNDS) -mirrorfs ./mirrorfs -out bench/results/last.md $(BENCH_FLAGS)
 
+.PHONY: bench-takeover
+bench-takeover: build ## bench's takeover part alone: client stalls and time to ready, takeover vs stop + start
+	$(GO) run ./bench -rounds $(BENCH_ROUNDS) -mirrorfs ./mirrorfs -only takeover -out bench/results/last.md $(BENCH_FLAGS)
+
 .PHONY: demo
 demo: build ## mount a demo mirror of ./demo/src at ./demo/mnt
 	mkdir -p demo/src demo/mnt

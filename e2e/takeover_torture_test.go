@@ -185,6 +185,7 @@ func (tt *takeoverTorture) killNew() {
 	t.Helper()
 	old, oldID := e.pid(), topID(e)
 	binary := tt.bins[tt.rnd.Intn(2)]
+	before := append(procsOf(binary, e.dir, "--takeover"), tt.served...) // daemons, not victims
 	cmd := exec.Command(binary, e.args("--takeover")...)
 	cmd.Dir, cmd.WaitDelay = e.dir, 10*time.Second
 	var stderr bytes.Buffer
@@ -197,7 +198,7 @@ func (tt *takeoverTorture) killNew() {
 	moment := time.Duration(tt.rnd.Int63n(int64(percentile(tt.ready, 50)*5/4) + 1))
 	time.Sleep(moment) // the random moment of the fault, not a synchronisation
 	struck := time.Now()
-	victims := tt.killTakeover(binary, cmd.Process.Pid, done)
+	victims := tt.killTakeover(binary, append(before, cmd.Process.Pid), done)
 	select {
 	case <-done:
 	case <-time.After(time.Minute):
@@ -211,9 +212,10 @@ func (tt *takeoverTorture) killNew() {
 }
 
 // killTakeover kills every process of the takeover but its first (which
-// only waits for the daemon's word), as soon as there is one, unless the
-// takeover ends first; it returns the pids it killed.
-func (tt *takeoverTorture) killTakeover(binary string, first int, done <-chan struct{}) []int {
+// only waits for the daemon's word) and those of spare (the daemons there
+// before it), as soon as there is one, unless the takeover ends first; it
+// returns the pids it killed.
+func (tt *takeoverTorture) killTakeover(binary string, spare []int, done <-chan struct{}) []int {
 	for {
 		select {
 		case <-done:
@@ -222,7 +224,7 @@ func (tt *takeoverTorture) killTakeover(binary string, first int, done <-chan st
 		}
 		var victims []int
 		for _, pid := range procsOf(binary, tt.e.dir, "--takeover") {
-			if pid != first && syscall.Kill(pid, syscall.SIGKILL) == nil {
+			if !slices.Contains(spare, pid) && syscall.Kill(pid, syscall.SIGKILL) == nil {
 				victims = append(victims, pid)
 			}
 		}
@@ -248,8 +250,8 @@ func (tt *takeoverTorture) afterKillNew(binary string, old, oldID int, struck ti
 		return
 	case !ok && pid == old && topID(e) == oldID && syscall.Kill(old, 0) == nil && answers(e.mnt) == nil:
 		tt.killedBefore++
-		if !strings.HasPrefix(stderr, "mirrorfs: takeover of "+e.mnt+": ") {
-			t.Errorf("a takeover whose daemon was killed said %q, want \"mirrorfs: takeover of %s: ...\"", stderr, e.mnt)
+		if !strings.HasPrefix(stderr, "mirrorfs: ") || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("a takeover whose daemon was killed said %q, want one line \"mirrorfs: ...\"", stderr)
 		}
 		return
 	}
