@@ -57,12 +57,16 @@ func (e *env) takeoverOK(extra ...string) int {
 	return pid
 }
 
-// topID is the id of the mount on top of e's mountpoint, or 0.
+// topID is the id of the mount on top of e's mountpoint, or 0. It asks
+// the kernel's path walk (statx, without asking the file system), not
+// the mount table: a mount slid beneath another is listed after it.
 func topID(e *env) int {
-	if m, ok := mountAt(e.mnt); ok {
-		return m.ID
+	var x unix.Statx_t
+	if unix.Statx(unix.AT_FDCWD, e.mnt, unix.AT_STATX_DONT_SYNC|unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &x) != nil ||
+		x.Mask&unix.STATX_MNT_ID == 0 {
+		return 0
 	}
-	return 0
+	return int(x.Mnt_id)
 }
 
 // draining lists the draining daemons' files beside e's pidfile
