@@ -238,13 +238,14 @@ func (c *client) holder() error {
 		if err != nil && isGone(err) && c.Reopen {
 			unix.Munmap(h.mem)
 			unix.Close(h.fd)
-			if h, err = c.reopenHeld(); err != nil {
-				return err
+			if h = c.reopenHeld(); h == nil {
+				return nil // told to stop while its mount was dead
 			}
 		}
 		c.pause()
 	}
-	return c.closeHeld(h)
+	c.closeHeld(h) // its failures are counted like any other call's
+	return nil
 }
 
 // holdOnce writes counter n both ways and reads it back (and syncs the
@@ -270,18 +271,19 @@ func (c *client) holdOnce(h *held, n int64, sync bool) error {
 }
 
 // reopenHeld opens the held file again, until it succeeds or the client is
-// told to stop (the mount may be dead until something starts it again).
-func (c *client) reopenHeld() (*held, error) {
+// told to stop (nil then): the mount may be dead until something starts
+// it again.
+func (c *client) reopenHeld() *held {
 	for !c.stop.Load() {
 		var h *held
 		err := c.call("reopen", func() (err error) { h, err = c.openHeld(); return err })
 		if err == nil {
 			c.p.Reopened++
-			return h, nil
+			return h
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return nil, fmt.Errorf("stopped while reopening the held file")
+	return nil
 }
 
 // lockprobe checks, over and over, that the held file's lock is taken:
