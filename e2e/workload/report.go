@@ -79,6 +79,23 @@ func (r Report) FailedTotal() int64 {
 	return n
 }
 
+// Expected are the failures a takeover may cause by the kernel's design,
+// not the daemons': rename(2) resolves its two paths one after the other,
+// and when the new mount comes on top between the two, they lie on two
+// mounts (EXDEV), as across any mount change.
+var Expected = []string{"rename EXDEV"}
+
+// Unexpected counts the failures that are not Expected.
+func (r Report) Unexpected() int64 {
+	var n int64
+	for k, v := range r.Failed() {
+		if !slices.Contains(Expected, k) {
+			n += v
+		}
+	}
+	return n
+}
+
 // FailedWith counts the failures with one of errnos (by name, as ENOTCONN).
 func (r Report) FailedWith(errnos ...string) int64 {
 	var n int64
@@ -130,13 +147,13 @@ func (r Report) LongestDuring(from, to time.Time) Event {
 // Window is a stretch of time in which failures are expected.
 type Window struct{ From, To time.Time }
 
-// FailuresOutside are the recorded failures that were under way in none
-// of ws, in time order.
+// FailuresOutside are the recorded failures, Expected ones aside, that
+// were under way in none of ws, in time order.
 func (r Report) FailuresOutside(ws []Window) []Event {
 	var out []Event
 	for _, p := range r.Procs {
 		for _, e := range p.Failures {
-			if !inAny(e, ws) {
+			if !inAny(e, ws) && !slices.Contains(Expected, e.Op+" "+e.Errno) {
 				out = append(out, e)
 			}
 		}
