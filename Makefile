@@ -68,13 +68,15 @@ e2e: ## end-to-end tests only
 	$(GO) test -count=1 -timeout 15m -v ./e2e/
 
 ROUNDS ?= 50
+# Takeovers TestTortureTakeover makes (with a fault after every third).
+TAKEOVER_ROUNDS ?= 200
 DIFF_OPS ?= 20000
 # Which tests make torture runs: e.g. TORTURE_RUN=TestTortureKill9 ROUNDS=200.
 TORTURE_RUN ?= Torture|Differential
 
 .PHONY: torture
 torture: ## lifecycle faults ROUNDS times each (kill -9 at random moments among them), differential test with DIFF_OPS per worker
-	MIRRORFS_TORTURE_ROUNDS=$(ROUNDS) MIRRORFS_DIFF_OPS=$(DIFF_OPS) $(GO) test -count=1 -timeout 0 -v \
+	MIRRORFS_TORTURE_ROUNDS=$(ROUNDS) MIRRORFS_TAKEOVER_ROUNDS=$(TAKEOVER_ROUNDS) MIRRORFS_DIFF_OPS=$(DIFF_OPS) $(GO) test -count=1 -timeout 0 -v \
 		-run '$(TORTURE_RUN)' ./e2e/ 2>&1 | tee torture.log | grep -E '^(---|===|ok|FAIL|PASS)|torture:|differential:'
 
 BENCH_ROUNDS ?= 3
@@ -85,6 +87,10 @@ bench: build ## mirrorfs side by side with the plain folder and bindfs (installs
 	@command -v fio >/dev/null && command -v bindfs >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio bindfs >/dev/null; }
 	$(GO) run ./bench -rounds $(BENCH_ROUNDS) -mirrorfs ./mirrorfs -out bench/results/last.md $(BENCH_FLAGS)
+
+.PHONY: bench-takeover
+bench-takeover: build ## bench's takeover part alone: client stalls and time to ready, takeover vs stop + start
+	$(GO) run ./bench -rounds $(BENCH_ROUNDS) -mirrorfs ./mirrorfs -only takeover -out bench/results/last.md $(BENCH_FLAGS)
 
 .PHONY: demo
 demo: build ## mount a demo mirror of ./demo/src at ./demo/mnt

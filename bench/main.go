@@ -13,6 +13,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	clients "mirrorfs/e2e/workload"
 )
 
 var (
@@ -24,9 +26,11 @@ var (
 	only     = flag.String("only", "", "run only the workloads whose name contains this")
 	changes  = flag.Int("changes", 30, "source changes timed per target and round")
 	files    = flag.Int("files", 0, "with "+cycleEnv+" set: files in the metadata cycle to run")
+	takeovs  = flag.Int("takeovers", 0, "takeovers in the takeover part (0: 50 per 3 rounds); -only takeover runs that part alone")
 )
 
 func main() {
+	clients.RunIfAsked() // a copy of this program as a client of the takeover part
 	flag.Parse()
 	runCycleIfAsked() // a copy of this program as another user
 	if err := run(); err != nil {
@@ -38,6 +42,9 @@ func main() {
 func run() error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (it mounts, and drops the page cache for cold runs)")
+	}
+	if *only == "takeover" {
+		return takeoverAlone()
 	}
 	for _, tool := range []string{"fio", "bindfs"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -60,11 +67,41 @@ func run() error {
 		}
 	}
 	table := res.markdown(s.targetNames(), machine())
+	if *only == "" {
+		part, err := benchTakeover(takeoverRounds())
+		if err != nil {
+			return err
+		}
+		table += part
+	}
 	fmt.Print(table)
 	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
 		return err
 	}
 	return os.WriteFile(*out, []byte(table), 0o644)
+}
+
+// takeoverRounds is how many takeovers the takeover part makes.
+func takeoverRounds() int {
+	if *takeovs > 0 {
+		return *takeovs
+	}
+	return max(5, 50**rounds/3)
+}
+
+// takeoverAlone runs the takeover part alone; its table goes beside the
+// full run's, in takeover.md.
+func takeoverAlone() error {
+	table, err := benchTakeover(takeoverRounds())
+	if err != nil {
+		return err
+	}
+	fmt.Print(table)
+	path := filepath.Join(filepath.Dir(*out), "takeover.md")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte(table), 0o644)
 }
 
 // selfCopy is a copy of this program that any user may run (go run builds
