@@ -92,8 +92,8 @@ func (d *daemon) take(s step, stop os.Signal) (done bool, err error) {
 	return false, nil
 }
 
-// startSteps validates, opens the log, loads the policy, takes the
-// pidfile, clears a stale mount and mounts, telling out each step; or,
+// startSteps opens the log, takes the pidfile, validates, loads the
+// policy, clears a stale mount and mounts, telling out each step; or,
 // with --takeover and a daemon running, takes over from it. It works on
 // its own copy of the configuration and touches no field of d but the
 // ones that do not change (env, procs, level, args). stopping is closed
@@ -111,33 +111,42 @@ func (d *daemon) startSteps(cfg Config, logToFile, detached bool, stopping <-cha
 	}
 	log.Info("starting", "version", Version, "pid", os.Getpid(), "args", d.args[1:])
 	logFdLimit(log)
-	var pol *policy.Policy
-	for _, check := range []func() error{cfg.checkSource, cfg.checkMountpointPath, checkFuse, func() (err error) {
-		pol, err = loadPolicy(cfg.ConfigFile)
-		return err
-	}} {
-		if err := check(); err != nil {
-			fail(err)
-			return
-		}
-	}
+	// The pidfile first: a check may hang (a path on a hung file system),
+	// and a start that holds the pidfile is in the log and stoppable
+	// (mirrorfs-ctl stop) while it hangs.
 	pidfile, err := AcquirePidfile(cfg.Pidfile)
-	if cfg.Takeover && errors.Is(err, ErrAlreadyRunning) {
-		held.release(true)
-		d.takeOver(cfg, pol, log, stopping, out)
-		return
-	}
-	if err != nil {
+	takeover := cfg.Takeover && errors.Is(err, ErrAlreadyRunning)
+	if err != nil && !takeover {
 		fail(err)
 		return
 	}
 	held.release(true)
-	d.mountSteps(cfg, pol, log, pidfile, out)
+	if pidfile != nil {
+		out <- step{pidfile: pidfile}
+	}
+	pol, err := cfg.checkStart()
+	switch {
+	case err != nil:
+		out <- step{err: err}
+	case takeover:
+		d.takeOver(cfg, pol, log, stopping, out)
+	default:
+		d.mountSteps(cfg, pol, log, out)
+	}
 }
 
-// mountSteps hands over the pidfile, clears a stale mount and mounts.
-func (d *daemon) mountSteps(cfg Config, pol *policy.Policy, log *slog.Logger, pidfile *Pidfile, out chan<- step) {
-	out <- step{pidfile: pidfile}
+// checkStart checks SOURCE, MOUNTPOINT and /dev/fuse, and loads the policy.
+func (cfg *Config) checkStart() (*policy.Policy, error) {
+	for _, check := range []func() error{cfg.checkSource, cfg.checkMountpointPath, checkFuse} {
+		if err := check(); err != nil {
+			return nil, err
+		}
+	}
+	return loadPolicy(cfg.ConfigFile)
+}
+
+// mountSteps clears a stale mount and mounts; the pidfile is ours.
+func (d *daemon) mountSteps(cfg Config, pol *policy.Policy, log *slog.Logger, out chan<- step) {
 	if err := clearMountpoint(&cfg, log); err != nil {
 		out <- step{err: err}
 		return

@@ -54,7 +54,8 @@ func (d *daemon) takeOver(cfg Config, pol *policy.Policy, log *slog.Logger, stop
 		log.Warn("no seamless takeover: stopping the old daemon, then starting", "why", ns.why)
 		var p *Pidfile
 		if p, err = stopOld(&cfg, ns.pid, log); err == nil {
-			d.mountSteps(cfg, pol, log, p, out)
+			out <- step{pidfile: p}
+			d.mountSteps(cfg, pol, log, out)
 			return
 		}
 	}

@@ -169,17 +169,18 @@ var mountTableCalls = map[string]bool{"mount": true, "umount2": true, "umount": 
 
 // noRequest says whether a call naming mnt cannot send its file system a
 // request: a close; an O_PATH open that ends on mnt itself (crossing into a
-// mount's root asks nothing of it, and O_PATH opens nothing) or leaves it
-// by ".."; a statx of a descriptor that may answer only from the kernel's
-// cache (AT_STATX_DONT_SYNC). Mounting on MNT and detaching from it need
-// these, and only these.
+// mount's root asks nothing of it, and O_PATH opens nothing); a statx of a
+// descriptor that may answer only from the kernel's cache
+// (AT_STATX_DONT_SYNC). Mounting on MNT and detaching from it need these,
+// and only these. Leaving the mount's root by ".." is not among them: the
+// walk checks permission on the root first, which asks the daemon for the
+// root's attributes.
 func noRequest(call, line, mnt string) bool {
 	switch call {
 	case "close":
 		return true
 	case "openat", "openat2":
-		return strings.Contains(line, "O_PATH") &&
-			(strings.HasSuffix(line, "<"+mnt+">") || strings.Contains(line, `, "..", `))
+		return strings.Contains(line, "O_PATH") && strings.HasSuffix(line, "<"+mnt+">")
 	case "statx":
 		return strings.Contains(line, "AT_STATX_DONT_SYNC") && strings.Contains(line, `, "", `)
 	}
@@ -216,24 +217,32 @@ func ownMountCalls(t *testing.T, trace, mnt string, tids map[int]bool) []string 
 		if !tids[tid] || mountTableCalls[m[2]] {
 			continue
 		}
-		named := strings.Contains(line, `"`+mnt+`"`) || strings.Contains(line, `"`+mnt+`/`)
-		for _, fp := range fdPath.FindAllStringSubmatch(line, -1) {
-			named = named || under(fp[2])
-		}
-		for _, pf := range procFd.FindAllStringSubmatch(line, -1) {
-			named = named || under(fds[pf[1]])
-		}
-		whole := line // a call cut short by another's is judged whole
+		// A call cut short by another thread's is judged whole, once
+		// resumed: its path is in the first half, its result in the second.
+		whole := line
 		switch {
 		case strings.HasSuffix(line, "<unfinished ...>"):
 			unfinished[tid] = strings.TrimSuffix(line, "<unfinished ...>")
+			continue
 		case strings.Contains(line, " resumed>"):
 			_, rest, _ := strings.Cut(line, " resumed>")
 			whole = unfinished[tid] + rest
+			delete(unfinished, tid)
 		}
-		ok := noRequest(m[2], whole, mnt)
-		if named && !ok {
-			bad = append(bad, line)
+		named := strings.Contains(whole, `"`+mnt+`"`) || strings.Contains(whole, `"`+mnt+`/`)
+		for _, fp := range fdPath.FindAllStringSubmatch(whole, -1) {
+			named = named || under(fp[2])
+		}
+		for _, pf := range procFd.FindAllStringSubmatch(whole, -1) {
+			named = named || under(fds[pf[1]])
+		}
+		if named && !noRequest(m[2], whole, mnt) {
+			bad = append(bad, whole)
+		}
+	}
+	for tid, start := range unfinished { // cut short when tracing stopped
+		if strings.Contains(start, `"`+mnt) && !strings.Contains(start, "O_PATH") {
+			bad = append(bad, fmt.Sprintf("%s (thread %d, unfinished)", start, tid))
 		}
 	}
 	if lines == 0 {
