@@ -13,9 +13,11 @@ import (
 
 // The old daemon's side of a takeover (takeover.go has the new one's).
 // It answers on its control socket, on the main goroutine, which alone
-// acts on the mount: "hello" names its mount, "detach" detaches it lazily
-// (the new mount, slid beneath, is on top from that instant), drops the
-// pidfile's lock without removing the files, and answers. Then it drains:
+// acts on the mount: "hello" names its mount; "switched" (the new daemon
+// detached it: the new mount, slid beneath, is on top from that instant)
+// drops the pidfile's lock without removing the files, and answers. A new
+// daemon that hangs up after the switch, without telling, is taken for
+// one that told. Then it drains:
 // it serves what was opened through its mount until the last of it is
 // closed (the session ends by itself then), the drain timeout, or a stop
 // signal, which abort what is left (ENOTCONN to its holders).
@@ -28,16 +30,22 @@ const heldShown = 20
 func (d *daemon) control(c ctlCall) (handedOver bool) {
 	switch c.req.Op {
 	case "bye":
-		if d.taker == c.conn {
+		if d.taker != c.conn {
+			return false
+		}
+		if d.mirror.OnTop() {
 			d.taker = 0
 			d.log.Info("takeover abandoned", "by", c.peer)
+			return false
 		}
-		return false
+		d.log.Warn("the new daemon detached our mount, then hung up without a word", "pid", c.peer)
+		d.handOver(c.peer, DefaultDrainTimeout)
+		return true
 	case "hello":
 		c.reply <- d.hello(c)
 		return false
-	case "detach":
-		r := d.detach(c)
+	case "switched":
+		r := d.switched(c)
 		c.reply <- r
 		// An idle mount drains at once: the answer must be out before
 		// this daemon may exit.
@@ -69,50 +77,36 @@ func (d *daemon) hello(c ctlCall) ctlReply {
 	return r
 }
 
-// detach leaves the mountpoint to the caller and lets go of the pidfile.
-func (d *daemon) detach(c ctlCall) ctlReply {
+// switched hands over to the caller, which detached our mount.
+func (d *daemon) switched(c ctlCall) ctlReply {
 	r := ctlReply{Pid: os.Getpid()}
-	if d.taker != c.conn {
-		r.Error = "detach asked without hello"
-		return r
+	switch {
+	case d.taker != c.conn:
+		r.Error = "switched without hello"
+	case d.mirror.OnTop():
+		r.Error = "this daemon's mount is still the one on top"
+	default:
+		d.handOver(c.peer, c.req.DrainTimeout)
 	}
-	// A caller that died since it asked would leave the mountpoint to its
-	// dead mount: the request may have waited here while it was killed.
-	if !alive(c.peer) {
-		r.Error = fmt.Sprintf("pid %d is gone", c.peer)
-		return r
-	}
-	limit := c.req.DrainTimeout
+	return r
+}
+
+// handOver lets go of what the successor takes (the pidfile's lock, the
+// control socket, the statistics file) and records the drain; the mount
+// is detached already.
+func (d *daemon) handOver(successor int, limit time.Duration) {
 	if limit <= 0 {
 		limit = DefaultDrainTimeout
 	}
-	rec, err := newDrainRecord(d.pidfile, Draining{Source: d.cfg.Source, Mountpoint: d.cfg.Mountpoint, Successor: c.peer}, limit)
+	rec, err := newDrainRecord(d.pidfile, Draining{Source: d.cfg.Source, Mountpoint: d.cfg.Mountpoint, Successor: successor}, limit)
 	if err != nil {
-		r.Error = err.Error()
-		return r
+		d.log.Error("drain record", "err", err) // the drain goes on without it
 	}
-	if err := d.mirror.Detach(); err != nil {
-		rec.remove()
-		r.Error = err.Error()
-		return r
-	}
-	d.successor, d.drainTimeout, d.drainRec = c.peer, limit, rec
+	d.successor, d.drainTimeout, d.drainRec = successor, limit, rec
 	d.ctl.close(false)
 	d.stats.stop()
 	d.stats = nil
 	d.pidfile.HandOver()
-	return r
-}
-
-// alive says whether process pid runs (a zombie has ended).
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i > 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
 }
 
 // drain serves what is still open through the detached mount until it

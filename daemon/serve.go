@@ -53,15 +53,21 @@ func (d *daemon) serveSession() (aborted bool, err error) {
 			return false, nil
 		default:
 		}
+		// While a takeover is under way, the new daemon may detach our
+		// mount (and an idle one ends at once): it tells what happened.
+		done, unmounted := d.mirror.Done(), gone
+		if d.taker != 0 {
+			done, unmounted = nil, nil
+		}
 		select {
 		case <-d.hups:
 			d.reload()
 		case sig := <-d.stops:
 			d.stop(sig.String())
 			return false, nil
-		case <-d.mirror.Done():
+		case <-done:
 			return d.sessionEnded(), nil
-		case <-gone:
+		case <-unmounted:
 			d.log.Info("unmounted externally", "mountpoint", d.cfg.Mountpoint)
 			d.waitDone(d.cfg.UnmountTimeout)
 			return false, nil

@@ -3,16 +3,13 @@ package daemon
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"mirrorfs/fs"
-	"mirrorfs/mounts"
 	"mirrorfs/policy"
 )
 
@@ -23,13 +20,15 @@ import (
 //     socket who it is and which mount is its own ("hello");
 //  2. mounts beneath that mount (fs.Options.Beneath): its session is up,
 //     the old mount still on top, every lookup still served by the old;
-//  3. asks the old daemon to leave ("detach"): it detaches its mount
-//     lazily, which reveals ours at once, drops the pidfile's lock, answers,
-//     and drains (handover.go);
+//  3. detaches the old mount lazily, which reveals ours at once (the
+//     switch: made by this daemon, it happens only while this one lives),
+//     and tells the old daemon ("switched"), which drops the pidfile's
+//     lock, answers, and drains (handover.go);
 //  4. takes the lock, rewrites the pidfile and reports ready.
 //
-// Whatever fails before step 3 leaves the old daemon serving as it did.
-// Only root mounts through the mount API; fusermount3 cannot mount beneath.
+// Whatever fails before the switch leaves the old daemon serving as it
+// did. Only root mounts through the mount API; fusermount3 cannot mount
+// beneath.
 
 // ctlTimeout bounds each answer of the old daemon: it answers on its main
 // goroutine, between other work that is short.
@@ -93,7 +92,10 @@ func (d *daemon) seamless(cfg *Config, pol *policy.Policy, log *slog.Logger, sto
 		return errors.New("stopped before the switch; the old daemon serves on")
 	default:
 	}
-	_, err = cc.call(ctlRequest{Op: "detach", DrainTimeout: cfg.DrainTimeout}, ctlTimeout)
+	if err := m.DetachAbove(old.Mount); err != nil {
+		return err
+	}
+	_, err = cc.call(ctlRequest{Op: "switched", DrainTimeout: cfg.DrainTimeout}, ctlTimeout)
 	p, err := switched(cfg, m, old.Pid, err, log)
 	if err != nil {
 		return err
@@ -103,48 +105,25 @@ func (d *daemon) seamless(cfg *Config, pol *policy.Policy, log *slog.Logger, sto
 	return nil
 }
 
-// switched finishes a takeover once the old daemon was asked to detach:
-// it answered (asked is nil), or it died meanwhile (the connection ended),
-// leaving its mount dead on top of ours. The lock is ours either way once
-// the old daemon let go of it or died.
+// switched finishes a takeover after the switch: the old daemon was told
+// (asked is its answer's error: nil, or it died, or it did not answer). Its
+// lock is ours once it let go of it or died.
 func switched(cfg *Config, m *fs.Mirror, oldPid int, asked error, log *slog.Logger) (*Pidfile, error) {
-	died := errors.Is(asked, io.EOF) || errors.Is(asked, syscall.ECONNRESET)
-	if asked != nil && !died {
-		return nil, fmt.Errorf("the old daemon (pid %d) did not hand over: %w", oldPid, asked)
-	}
 	p, err := acquireWithin(cfg.Pidfile, cfg.ReadyTimeout)
 	if err != nil {
+		if asked != nil {
+			err = fmt.Errorf("the old daemon (pid %d) did not let go of the pidfile (%v): %w", oldPid, asked, err)
+		}
 		return nil, err
 	}
-	if died {
-		log.Warn("the old daemon died while handing over", "pid", oldPid)
-		err = detachDeadAbove(cfg, m, log)
+	if asked != nil {
+		log.Warn("the old daemon did not answer the switch; its lock is free", "pid", oldPid, "err", asked)
 	}
-	if err == nil {
-		err = m.Surface()
-	}
-	if err != nil {
+	if err := m.Surface(); err != nil {
 		p.Release()
 		return nil, err
 	}
 	return p, nil
-}
-
-// detachDeadAbove detaches the mount a daemon that died while handing
-// over left on top of ours, if it had not detached it already.
-func detachDeadAbove(cfg *Config, m *fs.Mirror, log *slog.Logger) error {
-	if m.Surface() == nil {
-		return nil
-	}
-	table, err := mounts.Read()
-	if err != nil {
-		return fmt.Errorf("mountinfo: %w", err)
-	}
-	top, ok := mounts.TopAt(table, cfg.Mountpoint)
-	if !ok || top.FSType != fs.FSType {
-		return fmt.Errorf("mountpoint %s: the old daemon's mount is not on top", cfg.Mountpoint)
-	}
-	return recoverStale(top, cfg.Pidfile, log)
 }
 
 // stopOld stops the daemon holding the pidfile (SIGTERM) and takes the

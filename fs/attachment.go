@@ -137,7 +137,10 @@ func sameFd(a, b int) bool {
 }
 
 // isOurs checks that the top mount at the mountpoint's name is ours.
-func (a *attachment) isOurs() error {
+func (a *attachment) isOurs() error { return a.topIs(a.id) }
+
+// topIs checks that the top mount at the mountpoint's name is id.
+func (a *attachment) topIs(want MountID) error {
 	fd, err := unix.Openat(a.parent, a.name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNotMounted, err)
@@ -147,10 +150,25 @@ func (a *attachment) isOurs() error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNotMounted, err)
 	}
-	if id != a.id {
+	if id != want {
 		return ErrNotMounted
 	}
 	return nil
+}
+
+// detachTop detaches lazily the mount on top at the mountpoint if it is
+// the mount id (for a takeover: the old daemon's, above ours). As in
+// unmount, the path names it only through descriptors.
+func (a *attachment) detachTop(id MountID) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.parent < 0 {
+		return ErrNotMounted
+	}
+	if err := a.topIs(id); err != nil {
+		return err
+	}
+	return unix.Unmount(a.path(), unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
 }
 
 // path names the mountpoint through the parent's descriptor: resolving it

@@ -10,8 +10,8 @@ import (
 
 // A takeover (daemon/takeover.go) mounts the new mirror beneath the old
 // one: move_mount(2) with MOVE_MOUNT_BENEATH (Linux 6.5) slides a mount
-// under the one on top of a mountpoint, and once the old daemon detaches
-// its mount, the new one is on top, with no moment at which the
+// under the one on top of a mountpoint, and once the old mount is detached
+// (DetachAbove), the new one is on top, with no moment at which the
 // mountpoint is empty. Files open through the old mount, and working
 // folders in it, stay with the old mount and its daemon.
 
@@ -84,6 +84,20 @@ func slideUnder(mnt, top int, mountpoint string) (*attachment, error) {
 	unix.Close(parent)
 	return nil, fmt.Errorf("move_mount beneath %s: %w", mountpoint, err)
 }
+
+// DetachAbove detaches lazily the mount above the mirror, if it is the
+// mount under (the old daemon's): the switch of a takeover, made by the
+// new daemon itself, so that it happens only while the new daemon lives.
+func (m *Mirror) DetachAbove(under MountID) error {
+	if err := m.at.detachTop(under); err != nil {
+		return fmt.Errorf("detaching the old mount at %s: %w", m.mountpoint, err)
+	}
+	return nil
+}
+
+// OnTop says whether the mirror is still the mount on top at its
+// mountpoint (a takeover detaches it from there).
+func (m *Mirror) OnTop() bool { return m.at != nil && m.at.isOurs() == nil }
 
 // Surface finishes a mount made beneath another (Options.Beneath) once
 // that one has left: it checks that the mirror is the mount on top at its
