@@ -68,9 +68,12 @@ type controlSocket struct {
 var connIDs atomic.Uint64
 
 // listenControl makes the control socket in the folder open at dir and
-// hands each request to calls. It makes it under a temporary name, with
-// its mode set, and renames it into place: a socket is never reachable
-// with a wider mode, and a socket left by a killed daemon is replaced.
+// hands each request to calls. It makes it under a temporary name, sets
+// its mode, and renames it into place: the socket's own name never has a
+// wider mode, and a socket left by a killed daemon is replaced. (Bound
+// under the daemon's umask 0, the temporary name is 0777 for an instant,
+// in a folder only root writes to; the peer check at accept is what keeps
+// other users out.)
 func listenControl(dir *os.File, pidfile string, calls chan<- ctlCall, log *slog.Logger) (*controlSocket, error) {
 	name := filepath.Base(ControlPath(pidfile))
 	tmp := fmt.Sprintf(".%s.%d", name, os.Getpid())

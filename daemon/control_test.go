@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"mirrorfs/fs"
 )
 
@@ -105,5 +107,55 @@ func TestControlNobodyListening(t *testing.T) {
 	os.Remove(ControlPath(pidfile))
 	if _, err := dialControl(pidfile); err == nil || !strings.Contains(err.Error(), "no control socket answers") {
 		t.Fatalf("dial: %v", err)
+	}
+}
+
+// The sweep removes the records of killed draining daemons of this
+// instance, and nothing else: not a live one's (it holds the flock), not
+// another instance's files whose name begins the same way.
+func TestSweepDrainRecords(t *testing.T) {
+	pidfile := filepath.Join(t.TempDir(), "run", "x.pid")
+	p, err := AcquirePidfile(pidfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release()
+	dir := filepath.Dir(pidfile)
+	for _, name := range []string{"x.draining.123", "x.draining.7.pid", "x.draining.abc", "x.draining.0042", "x.draining.456"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("1\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live, err := os.Open(filepath.Join(dir, "x.draining.456"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	if err := unix.Flock(int(live.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	sweepDrainRecords(p)
+	for name, want := range map[string]bool{"x.draining.123": false, "x.draining.7.pid": true,
+		"x.draining.abc": true, "x.draining.0042": true, "x.draining.456": true} {
+		if _, err := os.Stat(filepath.Join(dir, name)); (err == nil) != want {
+			t.Errorf("%s: exists %v, want %v", name, err == nil, want)
+		}
+	}
+}
+
+// lockHolder names the mirrorfs process holding the lock, and no other:
+// this test binary holds it, and is not mirrorfs.
+func TestLockHolderIsMirrorfsOnly(t *testing.T) {
+	pidfile := filepath.Join(t.TempDir(), "run", "x.pid")
+	p, err := AcquirePidfile(pidfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release()
+	if pid := lockHolder(pidfile); pid != 0 {
+		t.Errorf("lockHolder = %d, want 0 for a holder that is not mirrorfs", pid)
+	}
+	if pid := lockHolder(filepath.Join(t.TempDir(), "none.pid")); pid != 0 {
+		t.Errorf("lockHolder of no lock = %d", pid)
 	}
 }

@@ -118,6 +118,8 @@ type daemon struct {
 	ctl          *controlSocket // nil: none (a user's daemon, or none yet)
 	calls        chan ctlCall   // requests on the control socket
 	taker        uint64         // the caller a takeover is under way with, 0: none
+	takerPid     int            // its pid
+	takerSince   time.Time      // when it asked
 	predecessor  int            // the daemon this one took over from, 0: none
 	successor    int            // the daemon this one handed over to, 0: none
 	drainTimeout time.Duration

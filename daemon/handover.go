@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -65,13 +66,13 @@ func (d *daemon) hello(c ctlCall) ctlReply {
 	id, ok := d.mirror.ID()
 	switch {
 	case d.taker != 0 && d.taker != c.conn:
-		r.Error = "another takeover is under way"
+		r.Error = fmt.Sprintf("another takeover (pid %d) is under way", d.takerPid)
 	case c.req.Mountpoint != d.cfg.Mountpoint:
 		r.Error = fmt.Sprintf("this daemon serves %s, not %s", d.cfg.Mountpoint, c.req.Mountpoint)
 	case !ok:
 		r.Error = "this daemon's mount was not made through the mount API"
 	default:
-		d.taker, r.Mount = c.conn, id
+		d.taker, d.takerPid, d.takerSince, r.Mount = c.conn, c.peer, time.Now(), id
 		d.log.Info("takeover asked", "by", c.peer)
 	}
 	return r
@@ -104,9 +105,31 @@ func (d *daemon) handOver(successor int, limit time.Duration) {
 	}
 	d.successor, d.drainTimeout, d.drainRec = successor, limit, rec
 	d.ctl.close(false)
+	d.ctl = nil
 	d.stats.stop()
 	d.stats = nil
 	d.pidfile.HandOver()
+}
+
+// takeoverLimit bounds a takeover under way: a new daemon that asked and
+// then fell silent must not keep this one from seeing its mount end, nor
+// hold off every later takeover.
+const takeoverLimit = 2*ctlTimeout + DefaultReadyTimeout
+
+// expireTaker ends a takeover under way for too long; handedOver says the
+// silent new daemon had detached our mount, and this one now drains.
+func (d *daemon) expireTaker() (handedOver bool) {
+	if d.taker == 0 || time.Since(d.takerSince) < takeoverLimit {
+		return false
+	}
+	if !d.mirror.OnTop() {
+		d.log.Warn("the new daemon detached our mount, then fell silent", "pid", d.takerPid)
+		d.handOver(d.takerPid, DefaultDrainTimeout)
+		return true
+	}
+	d.log.Warn("takeover timed out; serving on", "by", d.takerPid, "after", takeoverLimit.String())
+	d.taker = 0
+	return false
 }
 
 // drain serves what is still open through the detached mount until it
@@ -175,7 +198,9 @@ func newDrainRecord(p *Pidfile, what Draining, limit time.Duration) (*drainRecor
 		return nil, fmt.Errorf("drain record: %w", err)
 	}
 	name := filepath.Base(DrainPath(p.Path(), os.Getpid()))
-	f, err := openOwnFile(dir, name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644, 0o644)
+	// 0600: anyone who may read a file may flock it, and would keep a dead
+	// daemon's record from being swept.
+	f, err := openOwnFile(dir, name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600, 0o600)
 	if err == nil {
 		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 	}
@@ -221,7 +246,10 @@ func sweepDrainRecords(p *Pidfile) {
 	names, _ := dir.Readdirnames(-1)
 	prefix := filepath.Base(strings.TrimSuffix(p.Path(), ".pid")) + ".draining."
 	for _, name := range names {
-		if !strings.HasPrefix(name, prefix) {
+		// NAME.draining.PID and nothing else: another instance's name may
+		// begin the same way (the mountpoint /mnt/a.draining.7).
+		pid, found := strings.CutPrefix(name, prefix)
+		if n, err := strconv.Atoi(pid); !found || err != nil || n <= 0 || strconv.Itoa(n) != pid {
 			continue
 		}
 		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)

@@ -174,13 +174,34 @@ func acquireWithin(path string, limit time.Duration) (*Pidfile, error) {
 	}
 }
 
-// holderPid is the pid recorded in the pidfile, 0 if there is none.
-func holderPid(path string) int {
-	dir, err := openOwnDir(filepath.Dir(path))
+// lockHolder is the pid of the mirrorfs process that holds the lock beside
+// pidfile, 0 if none does. It is read from /proc/locks, which names the
+// process that took a flock, not from the pidfile, which may be stale: a
+// signal sent by pid must reach the daemon and nothing else.
+func lockHolder(pidfile string) int {
+	var st unix.Stat_t
+	if unix.Stat(LockPath(pidfile), &st) != nil {
+		return 0
+	}
+	id := fmt.Sprintf("%02x:%02x:%d", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
+	b, err := os.ReadFile("/proc/locks")
 	if err != nil {
 		return 0
 	}
-	defer dir.Close()
-	pid, _ := strconv.Atoi(readPid(dir, path))
-	return pid
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line) // 1: FLOCK ADVISORY WRITE PID MAJ:MIN:INO 0 EOF
+		if len(f) < 6 || f[1] != "FLOCK" || f[3] != "WRITE" || f[5] != id {
+			continue
+		}
+		pid, err := strconv.Atoi(f[4])
+		if err != nil {
+			return 0
+		}
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if !strings.HasPrefix(string(comm), "mirrorfs") {
+			return 0
+		}
+		return pid
+	}
+	return 0
 }

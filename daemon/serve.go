@@ -73,6 +73,9 @@ func (d *daemon) serveSession() (aborted bool, err error) {
 			return false, nil
 		case <-tick.C:
 			d.health.check(d.mirror, d.log)
+			if d.expireTaker() {
+				return false, nil
+			}
 		case c := <-d.calls:
 			if d.control(c) {
 				return false, nil

@@ -67,11 +67,11 @@ func (d *daemon) takeOver(cfg Config, pol *policy.Policy, log *slog.Logger, stop
 // success it has told out the pidfile and the mirror.
 func (d *daemon) seamless(cfg *Config, pol *policy.Policy, log *slog.Logger, stopping <-chan struct{}, out chan<- step) error {
 	if os.Geteuid() != 0 {
-		return &notSeamless{why: "only root can mount beneath a live mount (fusermount3 cannot)", pid: holderPid(cfg.Pidfile)}
+		return &notSeamless{why: "only root can mount beneath a live mount (fusermount3 cannot)", pid: lockHolder(cfg.Pidfile)}
 	}
 	cc, err := dialControl(cfg.Pidfile)
 	if err != nil {
-		return &notSeamless{why: err.Error(), pid: holderPid(cfg.Pidfile)}
+		return &notSeamless{why: err.Error(), pid: lockHolder(cfg.Pidfile)}
 	}
 	defer cc.close()
 	old, err := cc.call(ctlRequest{Op: "hello", Mountpoint: cfg.Mountpoint}, ctlTimeout)
@@ -130,7 +130,7 @@ func switched(cfg *Config, m *fs.Mirror, oldPid int, asked error, log *slog.Logg
 // pidfile once it let go of it: a takeover that interrupts its clients.
 func stopOld(cfg *Config, pid int, log *slog.Logger) (*Pidfile, error) {
 	if pid <= 0 {
-		return nil, fmt.Errorf("pidfile %s names no daemon to stop", cfg.Pidfile)
+		return nil, fmt.Errorf("no mirrorfs process holds %s: nothing to stop", LockPath(cfg.Pidfile))
 	}
 	log.Warn("stopping the old daemon", "pid", pid)
 	if err := unix.Kill(pid, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {

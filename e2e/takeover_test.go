@@ -263,3 +263,40 @@ func TestTakeoverSIGTERMToDraining(t *testing.T) {
 		})
 	}
 }
+
+// A daemon that offers no takeover (no control socket: a version before
+// it) is not interrupted by surprise: --takeover refuses and names the way
+// out; --allow-interruption stops it (found by the lock's holder), then
+// starts.
+func TestTakeoverWithoutControlSocket(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	old, id := e.pid(), topID(e)
+	sock := strings.TrimSuffix(e.pidf, ".pid") + ".sock"
+	if err := os.Remove(sock); err != nil {
+		t.Fatalf("the daemon's control socket: %v", err)
+	}
+	r := e.takeover()
+	if r.code != 1 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "no control socket answers") ||
+		!strings.Contains(r.stderr, "--allow-interruption") {
+		t.Errorf("takeover of a daemon without a control socket: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if e.pid() != old || topID(e) != id {
+		t.Fatalf("a refused takeover touched the old daemon: pidfile %d (was %d), mount id %d (was %d)", e.pid(), old, topID(e), id)
+	}
+	r = e.takeover("--allow-interruption")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "mirrorfs: mounted ") {
+		t.Fatalf("takeover --allow-interruption: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if code := waitExit(t, old); code != 0 {
+		t.Errorf("the old daemon exited %d, want 0 (a clean stop)", code)
+	}
+	pid := e.pid()
+	e.pids = append(e.pids, pid)
+	if pid == old || syscall.Kill(pid, 0) != nil || !mounted(e.mnt) {
+		t.Errorf("after an interrupting takeover: pidfile %d (old %d), mounted %v", pid, old, mounted(e.mnt))
+	}
+	if !strings.Contains(e.log(), "stopping the old daemon") {
+		t.Error("the log does not say the old daemon was stopped")
+	}
+}

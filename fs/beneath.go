@@ -3,6 +3,7 @@ package fs
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
@@ -23,22 +24,36 @@ const moveMountBeneath = 0x200
 var ErrNoBeneath = errors.New("the kernel cannot mount beneath a mount (MOVE_MOUNT_BENEATH needs Linux 6.5)")
 
 // mountBeneath mounts as mountKernel does, beneath the mount under, which
-// must be the one on top at mountpoint.
+// must be the one on top at mountpoint. The folder holding the mountpoint
+// is opened first, and the mount on top found from it: the mount slides
+// under that very one, and the attachment keeps that very folder.
 func mountBeneath(raw fuse.RawFileSystem, mountpoint string, mo *fuse.MountOptions, under MountID) (*Mirror, bool, error) {
-	top, rootmode, err := openTop(mountpoint, under)
+	parent, err := openParent(mountpoint)
 	if err != nil {
 		return nil, true, err
 	}
+	top, rootmode, err := openTop(parent, mountpoint, under)
+	if err != nil {
+		unix.Close(parent)
+		return nil, true, err
+	}
 	defer unix.Close(top)
-	return serveAttached(raw, rootmode, mo, func(mnt int) (*attachment, error) {
-		return slideUnder(mnt, top, mountpoint)
+	slid := false
+	m, ended, err := serveAttached(raw, rootmode, mo, func(mnt int) (*attachment, error) {
+		slid = true
+		return slideUnder(mnt, top, parent, mountpoint)
 	}, mountpoint)
+	if !slid {
+		unix.Close(parent)
+	}
+	return m, ended, err
 }
 
-// openTop opens the root of the mount on top at mountpoint, following no
-// symlink, and checks that it is the mount want.
-func openTop(mountpoint string, want MountID) (fd int, rootmode uint32, err error) {
-	fd, err = unix.Openat2(unix.AT_FDCWD, mountpoint, &unix.OpenHow{
+// openTop opens the root of the mount on top at mountpoint, from the
+// folder open at parent and following no symlink, and checks that it is
+// the mount want.
+func openTop(parent int, mountpoint string, want MountID) (fd int, rootmode uint32, err error) {
+	fd, err = unix.Openat2(parent, filepath.Base(mountpoint), &unix.OpenHow{
 		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_NO_SYMLINKS,
 	})
@@ -62,17 +77,14 @@ func openTop(mountpoint string, want MountID) (fd int, rootmode uint32, err erro
 }
 
 // slideUnder moves the unattached mount mnt beneath the mount whose root
-// is open at top. Once slid under, a mount can be neither unmounted nor
-// moved without the one on top of it: on a failure after that, it stays
-// there, and ends as a dead mount once this process exits; the old
-// daemon detaches it when it stops (daemon: clearBelow).
-func slideUnder(mnt, top int, mountpoint string) (*attachment, error) {
-	parent, err := openParent(mountpoint)
-	if err != nil {
-		return nil, err
-	}
-	err = unix.MoveMount(mnt, "", top, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH|moveMountBeneath)
-	if errors.Is(err, unix.EINVAL) {
+// is open at top; the attachment takes parent, on success and failure
+// alike. Once slid under, a mount can be neither unmounted nor moved
+// without the one on top of it: on a failure after that, it stays there,
+// and ends as a dead mount once this process exits; the old daemon
+// detaches it when it stops (daemon: clearBelow).
+func slideUnder(mnt, top, parent int, mountpoint string) (*attachment, error) {
+	err := unix.MoveMount(mnt, "", top, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH|moveMountBeneath)
+	if errors.Is(err, unix.EINVAL) && !kernelAtLeast(6, 5) {
 		err = fmt.Errorf("%w: %w", ErrNoBeneath, err)
 	}
 	if err == nil {
@@ -83,6 +95,19 @@ func slideUnder(mnt, top int, mountpoint string) (*attachment, error) {
 	}
 	unix.Close(parent)
 	return nil, fmt.Errorf("move_mount beneath %s: %w", mountpoint, err)
+}
+
+// kernelAtLeast says whether the running kernel is major.minor or later:
+// move_mount answers EINVAL both for a flag it does not know and for a
+// mount it will not move there.
+func kernelAtLeast(major, minor int) bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return true
+	}
+	var ma, mi int
+	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi)
+	return ma > major || ma == major && mi >= minor
 }
 
 // DetachAbove detaches lazily the mount above the mirror, if it is the

@@ -115,8 +115,10 @@ func TopAt(mounts []Mount, path string) (Mount, bool) {
 			covered[m.Parent] = true
 		}
 	}
-	for _, m := range mounts {
-		if m.Mountpoint == path && !covered[m.ID] {
+	// The last one listed of those: a mount over a folder above path can
+	// hide an older stack there, and the newer one is the one seen.
+	for i := len(mounts) - 1; i >= 0; i-- {
+		if m := mounts[i]; m.Mountpoint == path && !covered[m.ID] {
 			return m, true
 		}
 	}
