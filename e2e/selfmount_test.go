@@ -163,6 +163,14 @@ var (
 	procFd    = regexp.MustCompile(`"/proc/(?:self|thread-self|\d+)(?:/task/\d+)?/fd/(\d+)`)
 )
 
+// The calls whose quoted arguments are data, not paths: what the daemon
+// writes (its statistics name the mountpoint) says nothing of where; their
+// descriptors do. strace cuts a long buffer at -s bytes, and a cut right
+// after the mountpoint's name would read as a quoted path.
+var dataCalls = map[string]bool{"read": true, "write": true, "pread64": true, "pwrite64": true,
+	"readv": true, "writev": true, "preadv": true, "pwritev": true, "preadv2": true, "pwritev2": true,
+	"sendto": true, "recvfrom": true, "sendmsg": true, "recvmsg": true}
+
 // The calls that name MNT without going through the mount.
 var mountTableCalls = map[string]bool{"mount": true, "umount2": true, "umount": true,
 	"fsmount": true, "move_mount": true, "open_tree": true, "mount_setattr": true}
@@ -229,11 +237,15 @@ func ownMountCalls(t *testing.T, trace, mnt string, tids map[int]bool) []string 
 			whole = unfinished[tid] + rest
 			delete(unfinished, tid)
 		}
-		named := strings.Contains(whole, `"`+mnt+`"`) || strings.Contains(whole, `"`+mnt+`/`)
-		for _, fp := range fdPath.FindAllStringSubmatch(whole, -1) {
+		args := whole
+		if dataCalls[m[2]] { // the descriptor alone: the rest is data
+			args, _, _ = strings.Cut(whole, ", ")
+		}
+		named := strings.Contains(args, `"`+mnt+`"`) || strings.Contains(args, `"`+mnt+`/`)
+		for _, fp := range fdPath.FindAllStringSubmatch(args, -1) {
 			named = named || under(fp[2])
 		}
-		for _, pf := range procFd.FindAllStringSubmatch(whole, -1) {
+		for _, pf := range procFd.FindAllStringSubmatch(args, -1) {
 			named = named || under(fds[pf[1]])
 		}
 		if named && !noRequest(m[2], whole, mnt) {
