@@ -165,10 +165,16 @@ func (a *attachment) detachTop(id MountID) error {
 	if a.parent < 0 {
 		return ErrNotMounted
 	}
+	return a.unmountTop(id, unix.MNT_DETACH)
+}
+
+// unmountTop unmounts the mount on top at the mountpoint if it is id; the
+// caller holds a.mu.
+func (a *attachment) unmountTop(id MountID, flags int) error {
 	if err := a.topIs(id); err != nil {
 		return err
 	}
-	return unix.Unmount(a.path(), unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+	return unix.Unmount(a.path(), flags|unix.UMOUNT_NOFOLLOW)
 }
 
 // path names the mountpoint through the parent's descriptor: resolving it
@@ -186,10 +192,7 @@ func (a *attachment) unmount(flags int) error {
 	if a.parent < 0 {
 		return nil
 	}
-	if err := a.isOurs(); err != nil {
-		return err
-	}
-	if err := unix.Unmount(a.path(), flags|unix.UMOUNT_NOFOLLOW); err != nil {
+	if err := a.unmountTop(a.id, flags); err != nil {
 		return err
 	}
 	unix.Close(a.parent)
