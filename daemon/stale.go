@@ -71,8 +71,9 @@ func recoverStale(m mounts.Mount, pidfile string, log *slog.Logger) error {
 // the path: fusermount3 -uz unmounts only a mount of the user's own, with
 // its own checks.
 type staleMount struct {
-	path string
-	fd   int // -1 for a user's daemon
+	path     string
+	fd       int // -1 for a user's daemon
+	detached bool
 }
 
 func openStale(m mounts.Mount) (*staleMount, error) {
@@ -90,11 +91,21 @@ func (s *staleMount) detach() error {
 	if s.fd < 0 {
 		return mounts.DetachPath(s.path)
 	}
-	return mounts.DetachFd(s.fd, s.path)
+	err := mounts.DetachFd(s.fd, s.path)
+	s.detached = err == nil
+	return err
 }
 
+// close lets go of the mount's root. Once the mount is detached, ours is
+// likely its last reference: the close then tears its file system down,
+// and the kernel waits for a grace period there, seconds on a loaded
+// machine. That is no step of the start: the close runs on a goroutine.
 func (s *staleMount) close() {
-	if s.fd >= 0 {
+	switch {
+	case s.fd < 0:
+	case s.detached:
+		go unix.Close(s.fd)
+	default:
 		unix.Close(s.fd)
 	}
 }
