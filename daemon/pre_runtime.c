@@ -33,11 +33,13 @@
 #endif
 
 /* How long the original process waits for the daemon's first word. Go's
- * start-up takes milliseconds; this only guards against a wedged child.
+ * start-up takes milliseconds on a quiet machine, but on an overloaded one
+ * a new process can wait seconds for a CPU; this only guards against a
+ * wedged child, and gives it what --ready-timeout gives by default.
  * (Both bounds may be set on the compiler's command line: the unit tests in
  * internal/stagetest shorten them.) */
 #ifndef FIRST_WORD_MS
-#define FIRST_WORD_MS 10000
+#define FIRST_WORD_MS 30000
 #endif
 /* How long a stopped daemon gets to unmount and go before SIGKILL. */
 #ifndef STOP_GRACE_MS
