@@ -32,10 +32,11 @@
 #error "the pre-runtime stage needs glibc, which passes argc and argv to constructors"
 #endif
 
-/* How long the original process waits for the daemon's first word. Go's
- * start-up takes milliseconds on a quiet machine, but on an overloaded one
- * a new process can wait seconds for a CPU; this only guards against a
- * wedged child, and gives it what --ready-timeout gives by default.
+/* How long the original process waits at least for the daemon's first
+ * word; a longer --ready-timeout on the command line is waited instead (the
+ * gate reads it). Go's start-up takes milliseconds on a quiet machine, but
+ * on an overloaded one a new process can wait many seconds for a CPU: one
+ * who gives the start more time gives it to the daemon's first word too.
  * (Both bounds may be set on the compiler's command line: the unit tests in
  * internal/stagetest shorten them.) */
 #ifndef FIRST_WORD_MS
@@ -59,11 +60,13 @@ int mfs_test_out = STDOUT_FILENO, mfs_test_err = STDERR_FILENO;
 
 static int stage_ran;
 static int status_fd = -1;
+static long long first_word_ms = FIRST_WORD_MS;
 static char orig_cwd[PATH_MAX];
 
 int mfs_stage_ran(void) { return stage_ran; }
 int mfs_status_fd(void) { return status_fd; }
 const char *mfs_orig_cwd(void) { return orig_cwd; }
+long long mfs_first_word_ms(void) { return first_word_ms; }
 
 /* Options that take a value in the next argument (or after '='). */
 static const char *const value_opts[] = {
@@ -72,6 +75,8 @@ static const char *const value_opts[] = {
 };
 /* Options that take no value and leave the start in the background. */
 static const char *const flag_opts[] = {"--takeover", "--allow-interruption", NULL};
+/* The option whose value also bounds the wait for the first word. */
+static const char *const ready_opt[] = {"--ready-timeout", NULL};
 /* Options that keep the process in the foreground. */
 static const char *const stay_opts[] = {
 	"-f", "--foreground", "-d", "-h", "--help", "-V", "--version", "--check-config", NULL,
@@ -120,10 +125,42 @@ static const char *attached_value(const char *arg)
 	return arg[2] ? arg + 2 : NULL;
 }
 
+/* mfs_duration_ms reads a Go duration ("90s", "2m", "1m30s", "1.5h",
+ * "250ms") in milliseconds; -1 for anything else (Go then reports it). */
+long long mfs_duration_ms(const char *s)
+{
+	static const struct { const char *name; double ms; } units[] = {
+		{"ns", 1e-6}, {"us", 1e-3}, {"\xc2\xb5s", 1e-3}, {"\xce\xbcs", 1e-3}, {"ms", 1}, {"s", 1e3}, {"m", 6e4}, {"h", 3.6e6},
+	};
+	double total = 0;
+	if (!s || !*s)
+		return -1;
+	while (*s) {
+		char *end;
+		if (*s < '0' && *s != '.')
+			return -1;
+		double n = strtod(s, &end);
+		if (end == s || n < 0)
+			return -1;
+		size_t best = 0, which = 0;
+		for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+			size_t len = strlen(units[i].name);
+			if (len > best && strncmp(end, units[i].name, len) == 0)
+				best = len, which = i;
+		}
+		if (best == 0)
+			return -1;
+		total += n * units[which].ms;
+		s = end + best;
+	}
+	return total > 9e15 ? -1 : (long long)total;
+}
+
 int mfs_gate(int argc, char *const argv[], const char *notify_socket)
 {
 	int positionals = 0, only_positionals = 0;
 
+	first_word_ms = FIRST_WORD_MS;
 	if (argc < 1 || is_test_binary(argv[0]))
 		return MFS_GATE_STAY;
 	if (notify_socket && *notify_socket)
@@ -151,6 +188,10 @@ int mfs_gate(int argc, char *const argv[], const char *notify_socket)
 			value = argv[i];
 		if (strncmp(arg, "-o", 2) == 0 && has_token(value, "debug"))
 			return MFS_GATE_STAY;
+		if (in_list(ready_opt, arg)) {
+			long long ms = mfs_duration_ms(value);
+			first_word_ms = ms > FIRST_WORD_MS ? ms : FIRST_WORD_MS;
+		}
 	}
 	return positionals == 2 ? MFS_GATE_DAEMONIZE : MFS_GATE_STAY;
 }
@@ -391,7 +432,7 @@ void mfs_pre_runtime(int argc, char *argv[])
 	close(fds[1]);
 	while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
 		;
-	struct waiter w = { .fd = fds[0], .group = child, .deadline = now_ms() + FIRST_WORD_MS };
+	struct waiter w = { .fd = fds[0], .group = child, .deadline = now_ms() + first_word_ms };
 	_exit(wait_for_daemon(&w));
 }
 
@@ -401,7 +442,7 @@ void mfs_pre_runtime(int argc, char *argv[])
 int mfs_test_wait(int fd, int group, int daemon, int interrupted_by)
 {
 	struct waiter w = { .fd = fd, .group = group, .daemon = daemon,
-		.deadline = now_ms() + FIRST_WORD_MS };
+		.deadline = now_ms() + first_word_ms };
 	interrupted = interrupted_by;
 	return wait_for_daemon(&w);
 }

@@ -10,6 +10,8 @@
 #define mfs_stage_ran mfs_test_stage_ran
 #define mfs_status_fd mfs_test_status_fd
 #define mfs_orig_cwd mfs_test_orig_cwd
+#define mfs_first_word_ms mfs_test_first_word_ms
+#define mfs_duration_ms mfs_test_duration_ms
 extern int mfs_test_out, mfs_test_err;
 int mfs_test_wait(int fd, int group, int daemon, int interrupted_by);
 #endif
@@ -32,5 +34,12 @@ void mfs_pre_runtime(int argc, char *argv[]);
 int mfs_stage_ran(void);
 int mfs_status_fd(void);
 const char *mfs_orig_cwd(void);
+
+/* How long the original process waits for the daemon's first word: the
+ * gate's choice, FIRST_WORD_MS or a longer --ready-timeout. */
+long long mfs_first_word_ms(void);
+
+/* A Go duration ("2m", "1m30s") in milliseconds, -1 if it is none. */
+long long mfs_duration_ms(const char *s);
 
 #endif

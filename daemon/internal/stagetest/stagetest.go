@@ -45,6 +45,21 @@ func Gate(argv []string, notifySocket string) bool {
 	return C.mfs_gate(C.int(len(argv)), &cargs[0], notify) == C.MFS_GATE_DAEMONIZE
 }
 
+// FirstWordAfter runs the gate on argv and returns how long the original
+// process would then wait for the daemon's first word.
+func FirstWordAfter(argv []string) time.Duration {
+	Gate(argv, "")
+	return time.Duration(C.mfs_test_first_word_ms()) * time.Millisecond
+}
+
+// DurationMs is the stage's reading of a Go duration in milliseconds, -1
+// when it reads none.
+func DurationMs(s string) int64 {
+	cs := C.CString(s)
+	defer C.free(unsafe.Pointer(cs))
+	return int64(C.mfs_test_duration_ms(cs))
+}
+
 // Outcome is how the original process's wait ended.
 type Outcome struct {
 	Code           int    // its exit code

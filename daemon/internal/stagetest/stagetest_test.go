@@ -204,3 +204,37 @@ func TestStopEndsAtEOF(t *testing.T) {
 	}
 	d.endedBy(t, syscall.SIGTERM)
 }
+
+// The stage reads --ready-timeout as Go does, for the durations it bounds
+// the first word with; what Go would refuse, it leaves to Go.
+func TestDurationMs(t *testing.T) {
+	for in, want := range map[string]int64{
+		"2m": 120000, "90s": 90000, "1m30s": 90000, "1.5h": 5400000, "250ms": 250,
+		"1500us": 1, "1500µs": 1, "1500μs": 1, "2000000ns": 2,
+		"": -1, "2": -1, "-1s": -1, "s": -1, "2x": -1, "1m2": -1,
+	} {
+		if got := DurationMs(in); got != want {
+			t.Errorf("DurationMs(%q) = %d, want %d", in, got, want)
+		}
+	}
+}
+
+// A --ready-timeout longer than the stage's own bound on the first word
+// bounds it instead; a shorter one leaves the bound alone.
+func TestFirstWordFollowsALongReadyTimeout(t *testing.T) {
+	base := []string{"mirrorfs", "/src", "/mnt"}
+	for _, c := range []struct {
+		extra []string
+		want  time.Duration
+	}{
+		{nil, FirstWord},
+		{[]string{"--ready-timeout", "2m"}, 2 * time.Minute},
+		{[]string{"--ready-timeout=90s"}, 90 * time.Second},
+		{[]string{"--ready-timeout", "1ms"}, FirstWord},
+		{[]string{"--ready-timeout", "soon"}, FirstWord},
+	} {
+		if got := FirstWordAfter(append(base, c.extra...)); got != c.want {
+			t.Errorf("first word bound after %q: %v, want %v", c.extra, got, c.want)
+		}
+	}
+}
