@@ -50,9 +50,9 @@ func TestProbeAnswers(t *testing.T) {
 // A child slow to start (a loaded machine) is not a mount that does not
 // answer: the timeout runs from "armed".
 func TestProbeTimeoutRunsFromArmed(t *testing.T) {
-	withProbeExe(t, `sleep 1; exec "$TESTBIN"`)
-	if err := probeInChild(t.TempDir(), -1, 100*time.Millisecond); err != nil {
-		t.Errorf("probe through a child that took 1s to start, timeout 100ms: %v, want nil", err)
+	withProbeExe(t, `sleep 3; exec "$TESTBIN"`)
+	if err := probeInChild(t.TempDir(), -1, probeTimeout); err != nil {
+		t.Errorf("probe through a child that took 3s to start, timeout %v: %v, want nil", probeTimeout, err)
 	}
 }
 
