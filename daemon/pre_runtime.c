@@ -11,6 +11,7 @@
  *   err CODE TEXT          failed: print TEXT to stderr, exit CODE
  * End of file before "ok" or "err" is a failure (the daemon died). */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -137,10 +138,10 @@ long long mfs_duration_ms(const char *s)
 		return -1;
 	while (*s) {
 		char *end;
-		if (*s < '0' && *s != '.')
-			return -1;
+		if (!isdigit((unsigned char)*s) && *s != '.')
+			return -1; /* no sign, space, "inf" or "nan": Go takes none */
 		double n = strtod(s, &end);
-		if (end == s || n < 0)
+		if (end == s)
 			return -1;
 		size_t best = 0, which = 0;
 		for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {

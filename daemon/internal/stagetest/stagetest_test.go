@@ -212,6 +212,7 @@ func TestDurationMs(t *testing.T) {
 		"2m": 120000, "90s": 90000, "1m30s": 90000, "1.5h": 5400000, "250ms": 250,
 		"1500us": 1, "1500µs": 1, "1500μs": 1, "2000000ns": 2,
 		"": -1, "2": -1, "-1s": -1, "s": -1, "2x": -1, "1m2": -1,
+		"nans": -1, "infs": -1, " 2s": -1, "+2s": -1, "1e400s": -1,
 	} {
 		if got := DurationMs(in); got != want {
 			t.Errorf("DurationMs(%q) = %d, want %d", in, got, want)
